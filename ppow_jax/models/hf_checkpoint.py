@@ -1,0 +1,191 @@
+"""Hugging Face checkpoint directories <-> Flax parameters, by a table of tensor names.
+
+Reads `config.json` plus `model.safetensors` or shards listed in `model.safetensors.index.json`;
+never touches the network and never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppow_jax.models import safetensors_io
+from ppow_jax.models.config import ModelConfig
+from ppow_jax.models.transformer import Transformer, layer_param_shapes
+
+# HF tensor name (per layer, after "model.layers.{i}.") -> (our stacked name, transpose?).
+# HF Linear weights are [out, in]; ours are [in, out] so that x @ W.
+LAYER_TABLE = {
+    "input_layernorm.weight": ("attn_norm", False),
+    "self_attn.q_proj.weight": ("q_proj", True),
+    "self_attn.k_proj.weight": ("k_proj", True),
+    "self_attn.v_proj.weight": ("v_proj", True),
+    "self_attn.o_proj.weight": ("o_proj", True),
+    "self_attn.q_proj.bias": ("q_bias", False),
+    "self_attn.k_proj.bias": ("k_bias", False),
+    "self_attn.v_proj.bias": ("v_bias", False),
+    "self_attn.q_norm.weight": ("q_norm", False),
+    "self_attn.k_norm.weight": ("k_norm", False),
+    "post_attention_layernorm.weight": ("mlp_norm", False),
+    "mlp.gate_proj.weight": ("gate_proj", True),
+    "mlp.up_proj.weight": ("up_proj", True),
+    "mlp.down_proj.weight": ("down_proj", True),
+}
+TOP_TABLE = {
+    "model.embed_tokens.weight": ("embed", False),
+    "model.norm.weight": ("final_norm", False),
+    "lm_head.weight": ("lm_head", True),
+}
+
+
+class CheckpointError(ValueError):
+  """A checkpoint directory that cannot be loaded; the message names the file and tensor."""
+
+
+def _tensor_index(path: str) -> dict[str, str]:
+  """Maps each tensor name to the safetensors file that holds it."""
+  index = os.path.join(path, "model.safetensors.index.json")
+  single = os.path.join(path, "model.safetensors")
+  if os.path.exists(index):
+    with open(index) as f:
+      try:
+        weight_map = json.load(f)["weight_map"]
+      except (json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"{index}: unreadable shard index ({e!r})") from None
+    return {k: os.path.join(path, v) for k, v in weight_map.items()}
+  if os.path.exists(single):
+    header, _ = safetensors_io.read_header(single)
+    return {k: single for k in header}
+  if any(f.endswith((".bin", ".pt", ".pth")) for f in os.listdir(path)):
+    raise CheckpointError(f"{path}: only PyTorch .bin weights found; ppow_jax reads safetensors "
+                          "(convert with transformers' save_pretrained(safe_serialization=True))")
+  raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+class _Reader:
+  """Reads named tensors across shards, opening each shard once."""
+
+  def __init__(self, path):
+    self.path = path
+    self.where = _tensor_index(path)
+    self._open: dict[str, dict] = {}
+
+  def has(self, name):
+    return name in self.where
+
+  def get(self, name, shape, transpose, dtype):
+    if name not in self.where:
+      raise CheckpointError(f"{self.path}: missing tensor {name!r}")
+    fname = self.where[name]
+    if fname not in self._open:
+      if not os.path.exists(fname):
+        raise CheckpointError(f"{self.path}: shard file {os.path.basename(fname)} listed in the "
+                              "index does not exist")
+      self._open[fname] = safetensors_io.load(fname)
+    if name not in self._open[fname]:
+      raise CheckpointError(f"{fname}: missing tensor {name!r}")
+    arr = self._open[fname][name]
+    if arr.dtype.kind not in "f" and arr.dtype.name != "bfloat16":
+      raise CheckpointError(f"{fname}: tensor {name!r} has unsupported dtype {arr.dtype}")
+    if transpose:
+      arr = arr.T
+    if tuple(arr.shape) != tuple(shape):
+      got = arr.T.shape if transpose else arr.shape
+      want = tuple(reversed(shape)) if transpose else tuple(shape)
+      raise CheckpointError(f"{fname}: tensor {name!r} has shape {tuple(got)}, expected {want}")
+    return np.asarray(arr, dtype=dtype)
+
+
+def load_params(path: str, cfg: ModelConfig) -> dict:
+  """Reads the weights of `cfg`'s architecture from a HF directory as a params pytree (numpy)."""
+  reader = _Reader(path)
+  dtype = np.dtype(cfg.jnp_dtype)
+  h, v = cfg.hidden_size, cfg.vocab_size
+  params = {
+      "embed": reader.get("model.embed_tokens.weight", (v, h), False, dtype),
+      "final_norm": reader.get("model.norm.weight", (h,), False, dtype),
+  }
+  if not cfg.tie_word_embeddings:
+    params["lm_head"] = reader.get("lm_head.weight", (h, v), True, dtype)
+  shapes = layer_param_shapes(cfg)
+  layers = {}
+  for hf_suffix, (name, transpose) in LAYER_TABLE.items():
+    if name not in shapes:
+      continue
+    per_layer = [reader.get(f"model.layers.{i}.{hf_suffix}", shapes[name], transpose, dtype)
+                 for i in range(cfg.num_layers)]
+    layers[name] = np.stack(per_layer)
+  params["layers"] = layers
+  return params
+
+
+def load_model(path: str, *, dtype: str | None = None) -> Transformer:
+  """Loads a local HF checkpoint directory into a `Transformer` (no network, no torch)."""
+  cfg = ModelConfig.from_hf_dir(path, dtype=dtype)
+  params = load_params(path, cfg)
+  model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  state = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+  nnx.update(model, state)
+  return model
+
+
+def hf_tensors(model: Transformer) -> dict[str, np.ndarray]:
+  """The model's weights under HF names and layouts."""
+  cfg, params = model.cfg, jax.device_get(model.params())
+  out = {}
+  for hf, (name, transpose) in TOP_TABLE.items():
+    if name in params:
+      out[hf] = params[name].T if transpose else params[name]
+  for hf_suffix, (name, transpose) in LAYER_TABLE.items():
+    if name in params["layers"]:
+      for i in range(cfg.num_layers):
+        w = params["layers"][name][i]
+        out[f"model.layers.{i}.{hf_suffix}"] = w.T if transpose else w
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def save_model(model: Transformer, path: str, *, max_shard_bytes: int | None = None):
+  """Writes a HF checkpoint directory (config.json + safetensors, sharded above max_shard_bytes)."""
+  os.makedirs(path, exist_ok=True)
+  tensors = hf_tensors(model)
+  if max_shard_bytes is None:
+    safetensors_io.save(os.path.join(path, "model.safetensors"), tensors, {"format": "pt"})
+  else:
+    shards, cur, size = [], {}, 0
+    for k, v in tensors.items():
+      if cur and size + v.nbytes > max_shard_bytes:
+        shards.append(cur)
+        cur, size = {}, 0
+      cur[k], size = v, size + v.nbytes
+    shards.append(cur)
+    weight_map = {}
+    for j, shard in enumerate(shards):
+      fname = f"model-{j + 1:05d}-of-{len(shards):05d}.safetensors"
+      safetensors_io.save(os.path.join(path, fname), shard, {"format": "pt"})
+      weight_map.update({k: fname for k in shard})
+    total = sum(v.nbytes for v in tensors.values())
+    _write_json(os.path.join(path, "model.safetensors.index.json"),
+                {"metadata": {"total_size": total}, "weight_map": weight_map})
+  _write_json(os.path.join(path, "config.json"), model.cfg.to_hf_dict())
+
+
+def _write_json(fname, obj):
+  tmp = fname + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, fname)
+
+
+def load_tokenizer(path: str):
+  """The checkpoint's tokenizer via `transformers.AutoTokenizer`, strictly from local files."""
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  from transformers import AutoTokenizer  # Deferred: importing transformers is slow.
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"tokenizer directory not found: {path}")
+  return AutoTokenizer.from_pretrained(path, local_files_only=True)

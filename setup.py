@@ -1,0 +1,20 @@
+"""Installs the ppow_jax package: `pip install -e .` (dependencies pinned in requirements.txt)."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+here = pathlib.Path(__file__).parent
+requirements = [
+    line.strip() for line in (here / "requirements.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
+
+setup(
+    name="ppow_jax",
+    version="0.1.0",
+    description="PPOW: window-level policy optimization of speculative-decoding drafters, in JAX/Flax",
+    packages=find_packages(include=["ppow_jax", "ppow_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=requirements,
+)

@@ -1,0 +1,21 @@
+"""Test set-up: 8 simulated CPU devices (for sharding tests), offline Hugging Face, x64 off."""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+STORIES = SHARED / "models" / "stories260k"
+
+
+@pytest.fixture(scope="session")
+def stories_path():
+  if not STORIES.exists():
+    pytest.skip(f"{STORIES} not present")
+  return str(STORIES)
