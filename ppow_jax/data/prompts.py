@@ -1,0 +1,207 @@
+"""Prompt files for decoding and evaluation: readers for benchmark formats, and tokenization.
+
+`load_prompts` reads JSONL (optionally gzip-compressed) in the Spec-Bench / MT-bench, HumanEval,
+GSM8K and plain `{"prompt": ...}` formats, detected per line, or a text file with one prompt per
+non-empty line. `encode_prompt(s)` turn a prompt into token ids, through the tokenizer's chat
+template when it has one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+_TEXT_SUFFIXES = (".txt", ".txt.gz")
+TRUNCATIONS = ("left", "error")
+
+
+class PromptFileError(ValueError):
+  """A prompt file that cannot be read; the message names the file and, where known, the line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  """One benchmark question; `turns` holds the user turns (one for single-turn formats)."""
+  id: str
+  category: str
+  turns: tuple[str, ...]
+
+
+def _read_lines(path: str) -> Iterator[tuple[int, str]]:
+  """Yields (1-based line number, line) of a plain or `.gz` text file."""
+  if not os.path.isfile(path):
+    raise PromptFileError(f"prompt file not found: {path}")
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rt", encoding="utf-8") as f:
+      yield from enumerate(f, start=1)
+  except (OSError, EOFError) as e:  # e.g. gzip.BadGzipFile, truncated archive
+    raise PromptFileError(f"{path}: cannot read ({e})") from None
+  except UnicodeDecodeError as e:
+    raise PromptFileError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _text(where: str, obj: Mapping, key: str) -> str:
+  """obj[key] as a non-empty string, or an error naming the line and field."""
+  value = obj[key]
+  if not isinstance(value, str) or not value:
+    raise PromptFileError(f"{where}: field {key!r} must be a non-empty string, got {value!r:.80}")
+  return value
+
+
+def _parse_record(where: str, obj, index: int) -> Prompt:
+  """One JSON object -> Prompt; `index` is the 0-based record number, used for default ids."""
+  if not isinstance(obj, dict):
+    raise PromptFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+  if "turns" in obj and "question_id" in obj:  # Spec-Bench / MT-bench
+    turns = obj["turns"]
+    if (not isinstance(turns, list) or not turns
+        or not all(isinstance(t, str) and t for t in turns)):
+      raise PromptFileError(f"{where}: field 'turns' must be a non-empty list of non-empty "
+                            f"strings, got {turns!r:.80}")
+    category = _text(where, obj, "category") if "category" in obj else "default"
+    return Prompt(str(obj["question_id"]), category, tuple(turns))
+  if "task_id" in obj and "prompt" in obj:  # HumanEval
+    return Prompt(str(obj["task_id"]), "humaneval", (_text(where, obj, "prompt"),))
+  if "question" in obj and "answer" in obj:  # GSM8K
+    return Prompt(f"gsm8k/{index}", "gsm8k", (_text(where, obj, "question"),))
+  if "prompt" in obj:  # plain
+    category = _text(where, obj, "category") if "category" in obj else "default"
+    pid = str(obj["id"]) if "id" in obj else str(index)
+    return Prompt(pid, category, (_text(where, obj, "prompt"),))
+  raise PromptFileError(
+      f"{where}: unknown prompt format, keys {sorted(obj)}; expected Spec-Bench/MT-bench "
+      "('question_id', 'category', 'turns'), HumanEval ('task_id', 'prompt'), GSM8K "
+      "('question', 'answer') or plain ('prompt' with optional 'id', 'category')")
+
+
+def _read_prompts(path: str) -> list[Prompt]:
+  """Every prompt of the file, in file order, with ids checked unique."""
+  if path.endswith(_TEXT_SUFFIXES):
+    is_text = True
+  elif path.endswith(_JSONL_SUFFIXES):
+    is_text = False
+  else:
+    raise PromptFileError(f"{path}: unsupported prompt file extension; expected one of "
+                          f"{_JSONL_SUFFIXES + _TEXT_SUFFIXES}")
+  prompts, first_line = [], {}
+  for lineno, line in _read_lines(path):
+    if not line.strip():
+      continue
+    where = f"{path}:{lineno}"
+    if is_text:
+      prompt = Prompt(str(len(prompts)), "default", (line.strip(),))
+    else:
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise PromptFileError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+      prompt = _parse_record(where, obj, len(prompts))
+    if prompt.id in first_line:
+      raise PromptFileError(f"{where}: duplicate prompt id {prompt.id!r} "
+                            f"(first seen on line {first_line[prompt.id]})")
+    first_line[prompt.id] = lineno
+    prompts.append(prompt)
+  if not prompts:
+    raise PromptFileError(f"{path}: no prompts (the file is empty or blank)")
+  return prompts
+
+
+def _check_count(name: str, value: int | None):
+  if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+    raise ValueError(f"{name} must be a non-negative int or None, got {value!r}")
+
+
+def load_prompts(path: str, limit: int | None = None, categories: Sequence[str] | None = None,
+                 limit_per_category: int | None = None) -> list[Prompt]:
+  """Reads a prompt file, keeping file order.
+
+  Filters are applied in order: `categories` (each must occur in the file), then
+  `limit_per_category` (first N of each category), then `limit` (first N overall).
+  JSONL ids default to the 0-based record index (blank lines not counted), as do text-file ids.
+  """
+  _check_count("limit", limit)
+  _check_count("limit_per_category", limit_per_category)
+  if isinstance(categories, str):
+    raise ValueError(f"categories must be a sequence of names, not the string {categories!r}")
+  prompts = _read_prompts(path)
+  if categories is not None:
+    present = {p.category for p in prompts}
+    missing = [c for c in categories if c not in present]
+    if missing:
+      raise PromptFileError(f"{path}: categories {missing} not in the file; it has "
+                            f"{sorted(present)}")
+    wanted = set(categories)
+    prompts = [p for p in prompts if p.category in wanted]
+  if limit_per_category is not None:
+    seen: dict[str, int] = {}
+    kept = []
+    for p in prompts:
+      seen[p.category] = seen.get(p.category, 0) + 1
+      if seen[p.category] <= limit_per_category:
+        kept.append(p)
+    prompts = kept
+  if limit is not None:
+    prompts = prompts[:limit]
+  return prompts
+
+
+def _as_id_list(encoded) -> list[int]:
+  """A plain list of ints from what `apply_chat_template` / `tokenizer(...)` return.
+
+  transformers 5 returns a BatchEncoding (a Mapping) from `apply_chat_template(tokenize=True)`;
+  older versions return a list, sometimes nested once.
+  """
+  if isinstance(encoded, Mapping):
+    encoded = encoded["input_ids"]
+  if hasattr(encoded, "tolist"):  # numpy array / tensor
+    encoded = encoded.tolist()
+  encoded = list(encoded)
+  if len(encoded) == 1 and isinstance(encoded[0], (list, tuple)):
+    encoded = list(encoded[0])
+  return [int(t) for t in encoded]
+
+
+def encode_prompt(tokenizer, prompt: Prompt, turn: int = 0) -> list[int]:
+  """Token ids of one user turn: chat-templated with a generation prompt if the tokenizer has a
+  chat template, else plain `tokenizer(text)` (which adds BOS where the tokenizer does)."""
+  if not 0 <= turn < len(prompt.turns):
+    raise IndexError(f"prompt {prompt.id!r} has {len(prompt.turns)} turn(s), asked for turn {turn}")
+  text = prompt.turns[turn]
+  if getattr(tokenizer, "chat_template", None):
+    encoded = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                            add_generation_prompt=True, tokenize=True)
+  else:
+    encoded = tokenizer(text)["input_ids"]
+  return _as_id_list(encoded)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[Prompt], max_prompt_len: int,
+                   truncation: str = "left") -> list[list[int]]:
+  """Token ids of each prompt's first turn, at most `max_prompt_len` long.
+
+  truncation "left" keeps the last tokens, since the question's end is what the model continues
+  from; a leading BOS is kept in front. "error" raises on any prompt that is too long.
+  """
+  if truncation not in TRUNCATIONS:
+    raise ValueError(f"unknown truncation {truncation!r}; expected one of {TRUNCATIONS}")
+  if not isinstance(max_prompt_len, int) or max_prompt_len < 1:
+    raise ValueError(f"max_prompt_len must be a positive int, got {max_prompt_len!r}")
+  bos = getattr(tokenizer, "bos_token_id", None)
+  out = []
+  for prompt in prompts:
+    ids = encode_prompt(tokenizer, prompt)
+    if len(ids) > max_prompt_len:
+      if truncation == "error":
+        raise ValueError(f"prompt {prompt.id!r} is {len(ids)} tokens, longer than "
+                         f"max_prompt_len={max_prompt_len}")
+      if bos is not None and ids[0] == bos:
+        ids = [bos] + ids[len(ids) - (max_prompt_len - 1):]
+      else:
+        ids = ids[len(ids) - max_prompt_len:]
+    out.append(ids)
+  return out
