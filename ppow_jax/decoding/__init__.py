@@ -1,0 +1,1 @@
+"""Speculative decoding: draft rollout, target verification, acceptance and the generation loop."""

@@ -1,0 +1,100 @@
+"""The drafter interface the engine rolls out, and its plainest member: a separate small LM.
+
+A drafter is a static Python object (hashable, passed to jit as static) with pure methods over
+(params, state). The engine keeps the committed tokens in a buffer `buf` [B, S]; `pos[b]` is the
+slot of the newest committed token (not yet in the target's cache). Each `propose` first ingests
+the *fresh* slots [fresh_start, pos] that the drafter has not processed (after a verification:
+the previous `last` and the accepted tokens), then drafts K tokens autoregressively.
+`target_hidden` holds the target's requested hidden states for slots fresh_start ..
+fresh_start+K (from the verification forward), for feature-level drafters such as EAGLE-3.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from ppow_jax.decoding import sampling
+from ppow_jax.models import transformer
+from ppow_jax.models.config import ModelConfig
+from ppow_jax.models.kv_cache import KVCache
+
+
+class DraftContext(NamedTuple):
+  buf: jax.Array  # [B, S] int32 committed tokens (slots > pos are scratch)
+  pos: jax.Array  # [B] slot of the newest committed token
+  fresh_start: jax.Array  # [B] first slot the drafter has not ingested
+  target_hidden: tuple[jax.Array, ...]  # each [B, K+1, H]: target states at fresh_start..
+
+
+class Drafter(Protocol):
+  """What the engine needs from a drafter."""
+
+  target_hidden_layers: tuple[int, ...]  # target states to pass along (() = none)
+  vocab_size: int
+
+  def init_state(self, params, batch_size: int, max_len: int) -> Any: ...
+
+  def prefill(self, params, state, tokens: jax.Array, num_valid: jax.Array,
+              target_hidden: tuple[jax.Array, ...]) -> Any:
+    """Ingests slots [0, num_valid[b]) of the right-padded prompt `tokens` [B, P]."""
+
+  def propose(self, params, state, ctx: DraftContext, rng: jax.Array, window: int,
+              sp: sampling.SamplingParams) -> tuple[Any, jax.Array, jax.Array]:
+    """-> (state, draft tokens [B, K], processed draft log-probs over the target vocab [B, K, V])."""
+
+
+def window_slice(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
+  """Per-row dynamic slice x[b, start[b]:start[b]+size] along axis 1."""
+  return jax.vmap(lambda r, s: jax.lax.dynamic_slice_in_dim(r, s, size, axis=0))(x, start)
+
+
+class LMDrafter:
+  """A separate small causal LM (any checkpoint the loader reads) as the drafter."""
+
+  target_hidden_layers = ()
+
+  def __init__(self, cfg: ModelConfig):
+    self.cfg = cfg
+    self.vocab_size = cfg.vocab_size
+
+  def __hash__(self):
+    return hash((LMDrafter, self.cfg))
+
+  def __eq__(self, other):
+    return isinstance(other, LMDrafter) and other.cfg == self.cfg
+
+  def init_state(self, params, batch_size, max_len):
+    return KVCache.init(self.cfg, batch_size, max_len)
+
+  def prefill(self, params, state, tokens, num_valid, target_hidden):
+    out = transformer.forward(self.cfg, params, tokens, cache=state.with_lengths(0 * num_valid),
+                              return_logits=False)
+    return out.cache.with_lengths(num_valid)
+
+  def propose(self, params, state, ctx, rng, window, sp):
+    # Ingest [fresh_start, pos] through a static K+2 slot window (at most K+1 tokens were
+    # committed since the last proposal, plus the previous `last`); slots past pos are scratch
+    # whose cache entries are overwritten before anything attends to them.
+    width = window + 2
+    toks = window_slice(ctx.buf, ctx.fresh_start, width)
+    out = transformer.forward(self.cfg, params, toks, cache=state.with_lengths(ctx.fresh_start))
+    idx = ctx.pos - ctx.fresh_start
+    logits = jnp.take_along_axis(out.logits, idx[:, None, None], axis=1)[:, 0]
+    cache = out.cache.with_lengths(ctx.pos + 1)
+
+    def step(carry, key):
+      cache, logits = carry
+      tok, logp = sampling.sample(key, logits, sp)
+      out = transformer.forward(self.cfg, params, tok[:, None], cache=cache)
+      return (out.cache, out.logits[:, 0]), (tok, logp)
+
+    keys = jax.random.split(rng, window)
+    # The K-th token is never fed: the next proposal re-ingests it if it is accepted.
+    (cache, last_logits), (toks, logps) = jax.lax.scan(step, (cache, logits), keys[:-1])
+    tok_k, logp_k = sampling.sample(keys[-1], last_logits, sp)
+    toks = jnp.concatenate([toks, tok_k[None]], 0).T
+    logps = jnp.concatenate([logps, logp_k[None]], 0).transpose(1, 0, 2)
+    return cache, toks, logps

@@ -1,0 +1,130 @@
+"""The generation loop: prefill, then draft -> verify -> accept -> commit under `lax.while_loop`.
+
+Everything is static-shaped: prompts are right-padded to a bucket, the KV caches and the token
+buffer have a fixed capacity, and each row of the batch accepts its own prefix length and stops on
+its own at EOS or `max_new_tokens`. With `drafter=None` the same loop decodes autoregressively
+(a window of 0), so speedups compare like with like.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ppow_jax.decoding import sampling, verify
+from ppow_jax.decoding.drafter import DraftContext, window_slice
+from ppow_jax.models import transformer
+from ppow_jax.models.config import ModelConfig
+from ppow_jax.models.kv_cache import KVCache
+
+
+class GenerateOutput(NamedTuple):
+  tokens: jax.Array  # [B, max_new_tokens] generated tokens (pad after num_tokens)
+  num_tokens: jax.Array  # [B]
+  accept_lengths: jax.Array  # [B, max_new_tokens] tokens produced per verification step (0 = no step)
+  num_steps: jax.Array  # [B] verification steps taken
+
+
+def capacity(prompt_len: int, max_new_tokens: int, window: int) -> int:
+  """Cache/buffer slots: prompt + output + the scratch a window writes past the last token."""
+  return prompt_len + max_new_tokens + window + 3
+
+
+def _gather(x, idx):
+  """x[b, idx[b]] for x [B, T, ...]."""
+  return jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 1)), axis=1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "drafter", "window", "max_new_tokens", "sp",
+                                             "eos_ids", "pad_id"))
+def generate(cfg: ModelConfig, params: Any, prompts: jax.Array, prompt_lens: jax.Array,
+             rng: jax.Array, *, drafter=None, drafter_params: Any = None, window: int = 0,
+             max_new_tokens: int = 64, sp: sampling.SamplingParams = sampling.SamplingParams(),
+             eos_ids: tuple[int, ...] = (), pad_id: int = 0) -> GenerateOutput:
+  """Speculative (or, with drafter=None, autoregressive) generation.
+
+  prompts [B, P] right-padded, prompt_lens [B] (>= 1). Greedy output equals the target's own
+  greedy decoding token for token; at temperature > 0 it follows the target's distribution.
+  """
+  b, p = prompts.shape
+  k = window if drafter is not None else 0
+  s = capacity(p, max_new_tokens, k)
+  hidden_layers = drafter.target_hidden_layers if drafter is not None else ()
+
+  # Prefill: the target reads the prompt; its last position gives the first new token.
+  cache = KVCache.init(cfg, b, s)
+  out = transformer.forward(cfg, params, prompts, cache=cache, hidden_layers=hidden_layers)
+  cache = out.cache.with_lengths(prompt_lens)
+  rng, r0 = jax.random.split(rng)
+  first, _ = sampling.sample(r0, _gather(out.logits, prompt_lens - 1), sp)
+  buf = jnp.zeros((b, s), jnp.int32).at[:, :p].set(prompts)
+  buf = jax.vmap(lambda r, i, t: r.at[i].set(t))(buf, prompt_lens, first)
+  pos = prompt_lens  # slot of the newest committed token (`first`), not yet in the cache
+
+  dstate = None
+  fresh = prompt_lens - 1
+  hidden_win = ()
+  if drafter is not None:
+    # The drafter ingests slots [0, P-1) now; its first proposal re-reads slot P-1 with `first`.
+    dstate = drafter.init_state(drafter_params, b, s)
+    dstate = drafter.prefill(drafter_params, dstate, prompts, prompt_lens - 1, out.hidden)
+    hidden_win = tuple(window_slice(jnp.pad(h, ((0, 0), (0, k + 1), (0, 0))), fresh, k + 1)
+                       for h in out.hidden)
+
+  eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+  done = jnp.isin(first, eos) | (max_new_tokens <= 1)
+  state = dict(cache=cache, dstate=dstate, buf=buf, pos=pos, fresh=fresh, hidden=hidden_win,
+               ngen=jnp.ones((b,), jnp.int32), done=done, rng=rng, step=jnp.zeros((), jnp.int32),
+               acc=jnp.zeros((b, max_new_tokens), jnp.int32), nsteps=jnp.zeros((b,), jnp.int32))
+
+  def cond(st):
+    return ~jnp.all(st["done"]) & (st["step"] < max_new_tokens)
+
+  def body(st):
+    rng, r_draft, r_acc = jax.random.split(st["rng"], 3)
+    pos, buf = st["pos"], st["buf"]
+    last = _gather(buf, pos)
+    if drafter is not None:
+      ctx = DraftContext(buf=buf, pos=pos, fresh_start=st["fresh"], target_hidden=st["hidden"])
+      dstate, draft, draft_logp = drafter.propose(drafter_params, st["dstate"], ctx, r_draft, k, sp)
+    else:
+      dstate, draft = None, jnp.zeros((b, 0), jnp.int32)
+      draft_logp = jnp.zeros((b, 0, cfg.vocab_size), jnp.float32)
+
+    # Verification: one target forward over [last, d_1..d_K] at slots pos..pos+K.
+    x = jnp.concatenate([last[:, None], draft], axis=1)
+    vout = transformer.forward(cfg, params, x, cache=st["cache"].with_lengths(pos),
+                               hidden_layers=hidden_layers)
+    n, nxt = verify.accept(r_acc, draft, draft_logp, vout.logits, sp)
+
+    # Tokens this step appends: d_1..d_n then the target's token, cut at max_new_tokens and EOS.
+    idx = jnp.arange(k + 1)
+    new = jnp.where(idx[None] < n[:, None], jnp.pad(draft, ((0, 0), (0, 1))), nxt[:, None])
+    valid = idx[None] <= n[:, None]
+    valid &= idx[None] < (max_new_tokens - st["ngen"])[:, None]
+    is_eos = jnp.isin(new, eos) & valid
+    valid &= jnp.cumsum(is_eos, axis=1) - is_eos == 0  # keep through the first EOS
+    active = ~st["done"]
+    m = jnp.where(active, jnp.sum(valid, axis=1), 0).astype(jnp.int32)
+    # Writes past pos+m are scratch: overwritten before they are read.
+    buf = jax.vmap(lambda r, s, t: jax.lax.dynamic_update_slice(r, t, (s,)))(
+        buf, pos + 1, jnp.where(active[:, None], new, jax.vmap(lambda r, s: jax.lax.dynamic_slice(
+            r, (s,), (k + 1,)))(buf, pos + 1)))
+    new_pos = pos + m
+    ngen = st["ngen"] + m
+    done = st["done"] | jnp.any(is_eos, axis=1) | (ngen >= max_new_tokens)
+    acc = st["acc"].at[jnp.arange(b), st["nsteps"]].set(jnp.where(active, n + 1, 0))
+    return dict(cache=vout.cache.with_lengths(new_pos), dstate=dstate, buf=buf, pos=new_pos,
+                fresh=jnp.where(active, pos, st["fresh"]), hidden=vout.hidden, ngen=ngen,
+                done=done, rng=rng, step=st["step"] + 1, acc=acc,
+                nsteps=st["nsteps"] + active.astype(jnp.int32))
+
+  st = jax.lax.while_loop(cond, body, state)
+  gen = jax.vmap(lambda r, s: jax.lax.dynamic_slice(r, (s,), (max_new_tokens,)))(
+      jnp.pad(st["buf"], ((0, 0), (0, max_new_tokens))), prompt_lens)
+  gen = jnp.where(jnp.arange(max_new_tokens)[None] < st["ngen"][:, None], gen, pad_id)
+  return GenerateOutput(tokens=gen, num_tokens=st["ngen"], accept_lengths=st["acc"],
+                        num_steps=st["nsteps"])
