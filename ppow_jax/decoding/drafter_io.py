@@ -1,0 +1,46 @@
+"""Loading a drafter for the engine from a directory: a small HF LM, or an EAGLE-3 export."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ppow_jax.decoding.drafter import LMDrafter
+from ppow_jax.models import hf_checkpoint
+from ppow_jax.models.config import ModelConfig
+
+
+class DrafterMismatchError(ValueError):
+  """A drafter that cannot serve this target (vocabulary or hidden sizes differ)."""
+
+
+def resolve_drafter_dir(path: str) -> str:
+  """Accepts an export directory, or a run directory holding one under `export/`."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"drafter directory not found: {path}")
+  if os.path.exists(os.path.join(path, "config.json")):
+    return path
+  sub = os.path.join(path, "export")
+  if os.path.exists(os.path.join(sub, "config.json")):
+    return sub
+  raise FileNotFoundError(f"{path}: no config.json (nor export/config.json) for a drafter")
+
+
+def is_eagle3_dir(path: str) -> bool:
+  with open(os.path.join(path, "config.json")) as f:
+    d = json.load(f)
+  return any("Eagle3" in a for a in d.get("architectures") or [])
+
+
+def load_drafter(path: str, target_cfg: ModelConfig):
+  """Returns (drafter, params) for the engine; refuses a drafter whose vocabulary differs."""
+  path = resolve_drafter_dir(path)
+  if is_eagle3_dir(path):
+    from ppow_jax.eagle3 import engine_adapter  # Only EAGLE-3 users pay for the import.
+    return engine_adapter.load_for_engine(path, target_cfg)
+  model = hf_checkpoint.load_model(path, dtype=target_cfg.dtype)
+  if model.cfg.vocab_size != target_cfg.vocab_size:
+    raise DrafterMismatchError(
+        f"drafter {path} has vocab_size {model.cfg.vocab_size} but the target has "
+        f"{target_cfg.vocab_size}; a drafter must share the target's vocabulary")
+  return LMDrafter(model.cfg), model.params()

@@ -1,0 +1,67 @@
+"""Decode mode: speculative (or autoregressive) decoding of a prompt file.
+
+Writes DIR/decode.jsonl (per prompt: id, category, output_token_ids, text, accept_lengths,
+seconds) and DIR/summary.json (mean_accept_length, tokens_per_second, num_prompts, per category).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import logging
+
+from ppow_jax import run_files
+from ppow_jax.data import prompts as prompt_files
+from ppow_jax.decoding import runner, sampling
+from ppow_jax.decoding.drafter_io import load_drafter
+from ppow_jax.models import hf_checkpoint
+
+
+def settings_from_config(config) -> runner.DecodeSettings:
+  d = config.decode
+  return runner.DecodeSettings(
+      window=d.window, max_new_tokens=d.max_new_tokens, batch_size=d.batch_size, seed=config.seed,
+      sp=sampling.SamplingParams(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p))
+
+
+def check_context(target_cfg, max_prompt_len: int, max_new_tokens: int, window: int):
+  """A prompt + output that overflows the target's positions is refused up front."""
+  need = max_prompt_len + max_new_tokens + window + 1
+  if need > target_cfg.max_position_embeddings:
+    raise ValueError(
+        f"data.max_prompt_len ({max_prompt_len}) + decode.max_new_tokens ({max_new_tokens}) + "
+        f"decode.window ({window}) + 1 = {need} exceeds the target's max_position_embeddings "
+        f"({target_cfg.max_position_embeddings}); lower one of them")
+
+
+def run(config, workdir: str):
+  if not config.target.path:
+    raise ValueError("config.target.path is empty: give a Hugging Face checkpoint directory")
+  prompts = prompt_files.load_prompts(config.data.prompts, limit=config.data.limit or None)
+  target = hf_checkpoint.load_model(config.target.path, dtype=config.target.dtype or None)
+  tokenizer = hf_checkpoint.load_tokenizer(config.target.path)
+  settings = settings_from_config(config)
+  check_context(target.cfg, config.data.max_prompt_len, settings.max_new_tokens, settings.window)
+  drafter = drafter_params = None
+  if config.drafter.path:
+    drafter, drafter_params = load_drafter(config.drafter.path, target.cfg)
+  ids = prompt_files.encode_prompts(tokenizer, prompts, config.data.max_prompt_len,
+                                    config.data.truncation)
+  logging.info("decoding %d prompts (drafter: %s, window %d)", len(ids),
+               config.drafter.path or "none", settings.window)
+  results = runner.decode(target.cfg, target.params(), ids, settings, drafter=drafter,
+                          drafter_params=drafter_params)
+  records = [{
+      "id": p.id, "category": p.category, "output_token_ids": r.output_token_ids,
+      "text": tokenizer.decode(r.output_token_ids, skip_special_tokens=True),
+      "accept_lengths": r.accept_lengths, "seconds": r.seconds,
+  } for p, r in zip(prompts, results)]
+  run_files.write_jsonl(os.path.join(workdir, "decode.jsonl"), records)
+  summary = runner.summarize(results, [p.category for p in prompts])
+  summary.update(window=settings.window if drafter is not None else 0,
+                 temperature=settings.sp.temperature, drafter=config.drafter.path or None,
+                 target=config.target.path)
+  run_files.write_json(os.path.join(workdir, "summary.json"), summary)
+  print(f"{len(records)} prompts: tau={summary['mean_accept_length']:.3f} "
+        f"tokens/s={summary['tokens_per_second']:.1f} -> {workdir}/summary.json")
+  return summary
