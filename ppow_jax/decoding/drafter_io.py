@@ -32,12 +32,12 @@ def is_eagle3_dir(path: str) -> bool:
   return any("Eagle3" in a for a in d.get("architectures") or [])
 
 
-def load_drafter(path: str, target_cfg: ModelConfig):
+def load_drafter(path: str, target_cfg: ModelConfig, target_params: dict):
   """Returns (drafter, params) for the engine; refuses a drafter whose vocabulary differs."""
   path = resolve_drafter_dir(path)
   if is_eagle3_dir(path):
     from ppow_jax.eagle3 import engine_adapter  # Only EAGLE-3 users pay for the import.
-    return engine_adapter.load_for_engine(path, target_cfg)
+    return engine_adapter.load_for_engine(path, target_cfg, target_params)
   model = hf_checkpoint.load_model(path, dtype=target_cfg.dtype)
   if model.cfg.vocab_size != target_cfg.vocab_size:
     raise DrafterMismatchError(

@@ -44,7 +44,7 @@ def run(config, workdir: str):
   check_context(target.cfg, config.data.max_prompt_len, settings.max_new_tokens, settings.window)
   drafter = drafter_params = None
   if config.drafter.path:
-    drafter, drafter_params = load_drafter(config.drafter.path, target.cfg)
+    drafter, drafter_params = load_drafter(config.drafter.path, target.cfg, target.params())
   ids = prompt_files.encode_prompts(tokenizer, prompts, config.data.max_prompt_len,
                                     config.data.truncation)
   logging.info("decoding %d prompts (drafter: %s, window %d)", len(ids),

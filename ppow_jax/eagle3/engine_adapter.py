@@ -1,0 +1,82 @@
+"""The EAGLE-3 drafter behind the engine's drafter interface (`ppow_jax.decoding.drafter`).
+
+Alignment (EAGLE): drafter position j reads the pair (feature of target position j, token j+1)
+and predicts token j+2. After a verification, the target's states for slots fresh..fresh+K are
+fresh; the drafter ingests those K+1 pairs, reads its prediction at slot pos-1 (for the token after
+the newest committed one), then drafts autoregressively, feeding back its own hidden state.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ppow_jax.decoding import sampling
+from ppow_jax.decoding.drafter import window_slice
+from ppow_jax.eagle3 import model as e3
+from ppow_jax.eagle3.checkpoint import load_eagle3
+
+
+class Eagle3EngineDrafter:
+  """Static (hashable) drafter object; params = {'draft': weights, 'd2t': map, 'embed': target's}."""
+
+  def __init__(self, cfg: e3.Eagle3Config):
+    self.cfg = cfg
+    self.vocab_size = cfg.vocab_size
+    self.target_hidden_layers = cfg.aux_layers
+
+  def __hash__(self):
+    return hash((Eagle3EngineDrafter, self.cfg))
+
+  def __eq__(self, other):
+    return isinstance(other, Eagle3EngineDrafter) and other.cfg == self.cfg
+
+  @staticmethod
+  def bind(drafter: e3.Eagle3Drafter, target_params: dict) -> dict:
+    """The engine's params pytree for a drafter module and the target whose embedding it shares."""
+    return {"draft": drafter.params(), "d2t": drafter.d2t[...], "embed": target_params["embed"]}
+
+  def _target_logits(self, params, draft_logits):
+    return e3.draft_to_target_logits(params["d2t"], draft_logits, self.cfg.vocab_size)
+
+  def init_state(self, params, batch_size, max_len):
+    return e3.init_cache(self.cfg, batch_size, max_len)
+
+  def prefill(self, params, state, tokens, num_valid, target_hidden):
+    # Pairs j = 0..P-2: (f_j, x_{j+1}); slot P-1 is re-read by the first proposal.
+    feats = e3.fuse(params["draft"], target_hidden)
+    nxt = jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))
+    out = e3.forward(self.cfg, params["draft"], params["embed"], nxt, feats,
+                     cache=state.with_lengths(0 * num_valid))
+    return out.cache.with_lengths(num_valid)
+
+  def propose(self, params, state, ctx, rng, window, sp):
+    width = window + 1
+    feats = e3.fuse(params["draft"], ctx.target_hidden)
+    toks = window_slice(ctx.buf, ctx.fresh_start + 1, width)
+    out = e3.forward(self.cfg, params["draft"], params["embed"], toks, feats,
+                     cache=state.with_lengths(ctx.fresh_start))
+    idx = jnp.clip(ctx.pos - 1 - ctx.fresh_start, 0, width - 1)
+    take = lambda x: jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
+    logits, hidden = self._target_logits(params, take(out.logits)), take(out.hidden)
+    cache = out.cache.with_lengths(ctx.pos)
+
+    def step(carry, key):
+      cache, logits, hidden = carry
+      tok, logp = sampling.sample(key, logits, sp)
+      o = e3.forward(self.cfg, params["draft"], params["embed"], tok[:, None], hidden[:, None],
+                     cache=cache)
+      return (o.cache, self._target_logits(params, o.logits[:, 0]), o.hidden[:, 0]), (tok, logp)
+
+    keys = jax.random.split(rng, window)
+    (cache, last_logits, _), (toks, logps) = jax.lax.scan(step, (cache, logits, hidden), keys[:-1])
+    tok_k, logp_k = sampling.sample(keys[-1], last_logits, sp)
+    toks = jnp.concatenate([toks, tok_k[None]], 0).T
+    logps = jnp.concatenate([logps, logp_k[None]], 0).transpose(1, 0, 2)
+    return cache, toks, logps
+
+
+def load_for_engine(path: str, target_cfg, target_params: dict):
+  """(drafter, params) for `engine.generate` from an EAGLE-3 export directory."""
+  drafter = load_eagle3(path, target_cfg)
+  return Eagle3EngineDrafter(drafter.cfg), Eagle3EngineDrafter.bind(drafter, target_params)
