@@ -43,7 +43,7 @@ def floored_log_probs(logits):
   """
   logq = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
   finite = jnp.where(jnp.isfinite(logq), logq, LOG_Q_FLOOR)
-  return jnp.maximum(finite, LOG_Q_FLOOR)
+  return finite + jax.lax.stop_gradient(jnp.maximum(finite, LOG_Q_FLOOR) - finite)
 
 
 def _probs_and_safe_log(logits):
