@@ -31,6 +31,23 @@ from ppow_jax.models.config import SUPPORTED_DTYPES, ConfigError, ModelConfig
 from ppow_jax.models.kv_cache import KVCache
 from ppow_jax.models.transformer import attention, attention_mask, rms_norm
 
+# Logical axes of the trainable weights (see ppow_jax.parallel.sharding).
+LOGICAL_AXES = {
+    "fc": ("fused", "embed"),
+    "midlayer/input_layernorm": ("norm",),
+    "midlayer/hidden_norm": ("norm",),
+    "midlayer/q_proj": ("fused", "q_heads"),
+    "midlayer/k_proj": ("fused", "kv_heads"),
+    "midlayer/v_proj": ("fused", "kv_heads"),
+    "midlayer/o_proj": ("q_heads", "embed"),
+    "midlayer/post_attention_layernorm": ("norm",),
+    "midlayer/gate_proj": ("embed", "mlp"),
+    "midlayer/up_proj": ("embed", "mlp"),
+    "midlayer/down_proj": ("mlp", "embed"),
+    "norm": ("norm",),
+    "lm_head": ("embed", "draft_vocab"),
+}
+
 # Logits outside the draft vocabulary: finite, so a softmax over them stays NaN-free.
 NEG_LOGIT = -1e30
 
@@ -164,6 +181,29 @@ def fuse(params: dict, aux_hidden) -> jax.Array:
   return aux_hidden.astype(w.dtype) @ w
 
 
+def project(cfg: Eagle3Config, p: dict, emb: jax.Array, feat: jax.Array, sin, cos):
+  """Midlayer input side: rotated q, k and v from [input_layernorm(emb); hidden_norm(feat)], and
+  the residual stream (the un-normed feature, or the normed one with norm_before_residual)."""
+  b, t, _ = emb.shape
+  normed_feat = rms_norm(feat, p["hidden_norm"], cfg.rms_norm_eps)
+  residual = normed_feat if cfg.norm_before_residual else feat
+  x = jnp.concatenate([rms_norm(emb, p["input_layernorm"], cfg.rms_norm_eps), normed_feat], -1)
+  q = (x @ p["q_proj"]).reshape(b, t, cfg.num_heads, cfg.head_dim)
+  k = (x @ p["k_proj"]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+  v = (x @ p["v_proj"]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+  return rope.apply(q, sin, cos), rope.apply(k, sin, cos), v, residual
+
+
+def finish(cfg: Eagle3Config, params: dict, residual: jax.Array, attn: jax.Array):
+  """Midlayer output side: o_proj + residual, the MLP block, then logits and the pre-norm state."""
+  p = params["midlayer"]
+  h = residual + attn @ p["o_proj"]
+  y = rms_norm(h, p["post_attention_layernorm"], cfg.rms_norm_eps)
+  h = h + (jax.nn.silu(y @ p["gate_proj"]) * (y @ p["up_proj"])) @ p["down_proj"]
+  logits = (rms_norm(h, params["norm"], cfg.rms_norm_eps) @ params["lm_head"]).astype(jnp.float32)
+  return logits, h
+
+
 def forward(cfg: Eagle3Config, params: dict, embed_table: jax.Array, tokens: jax.Array,
             features: jax.Array, cache: KVCache | None = None, positions: jax.Array | None = None,
             key_valid: jax.Array | None = None) -> DraftOutput:
@@ -191,13 +231,7 @@ def forward(cfg: Eagle3Config, params: dict, embed_table: jax.Array, tokens: jax
     mask = attention_mask(cfg, positions, positions, key_valid)
   sin, cos = rope.sin_cos(cfg, positions)
 
-  normed_feat = rms_norm(feat, p["hidden_norm"], cfg.rms_norm_eps)
-  residual = normed_feat if cfg.norm_before_residual else feat
-  x = jnp.concatenate([rms_norm(emb, p["input_layernorm"], cfg.rms_norm_eps), normed_feat], -1)
-  q = (x @ p["q_proj"]).reshape(b, t, cfg.num_heads, cfg.head_dim)
-  k = (x @ p["k_proj"]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-  v = (x @ p["v_proj"]).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-  q, k = rope.apply(q, sin, cos), rope.apply(k, sin, cos)
+  q, k, v, residual = project(cfg, p, emb, feat, sin, cos)
   if cache is not None:
     put = jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (s, 0, 0)))
     ck, cv = put(cache.k[0], k, start), put(cache.v[0], v, start)
@@ -205,10 +239,7 @@ def forward(cfg: Eagle3Config, params: dict, embed_table: jax.Array, tokens: jax
     cache = KVCache(k=ck[None], v=cv[None], lengths=cache.lengths + t)
   else:
     attn = attention(q, k, v, mask)
-  h = residual + attn @ p["o_proj"]
-  y = rms_norm(h, p["post_attention_layernorm"], cfg.rms_norm_eps)
-  h = h + (jax.nn.silu(y @ p["gate_proj"]) * (y @ p["up_proj"])) @ p["down_proj"]
-  logits = (rms_norm(h, params["norm"], cfg.rms_norm_eps) @ params["lm_head"]).astype(jnp.float32)
+  logits, h = finish(cfg, params, residual, attn)
   return DraftOutput(logits=logits, hidden=h, cache=cache)
 
 

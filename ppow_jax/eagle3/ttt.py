@@ -1,0 +1,80 @@
+"""EAGLE-3 token-level training: the "training-time test" unrolled over several draft steps.
+
+At decode time, draft step i at slot j sees real target features only up to slot j-i; later
+slots hold the drafter's own fed-back hidden states. Training reproduces that for every position
+at once (EAGLE-3, Li et al. 2025, Sec. 3; SpecForge's TTT loop): step 0 reads fused target
+features; step i reads the step-(i-1) hidden state of the previous slot, and its query at slot j
+attends to step-0 keys at slots <= j-i plus, for each earlier step s >= 1, the one key that step
+wrote on the same diagonal (slot j-(i-s)). Tokens are teacher-forced. Step i at slot j predicts
+token j+2, supervised by the target's distribution at slot j+1 restricted to the draft vocabulary.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ppow_jax.eagle3 import model as e3
+from ppow_jax.models import rope
+from ppow_jax.models.transformer import attention
+
+
+def draft_vocab_ids(d2t: jax.Array) -> jax.Array:
+  """Target ids of the draft vocabulary, in draft order."""
+  return jnp.arange(d2t.shape[0], dtype=jnp.int32) + d2t.astype(jnp.int32)
+
+
+def unroll(cfg: e3.Eagle3Config, params: dict, embed: jax.Array, tokens: jax.Array,
+           aux_hidden, steps: int) -> list[jax.Array]:
+  """Draft logits [B, T, Vd] of each unrolled step (teacher-forced tokens, TTT masks)."""
+  b, t = tokens.shape
+  p = params["midlayer"]
+  dt = cfg.jnp_dtype
+  pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  sin, cos = rope.sin_cos(cfg, pos)
+  # Slot j reads token j+1 (the last slot's token is padding; its outputs are never supervised).
+  emb = embed[jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))].astype(dt)
+  feat = e3.fuse(params, aux_hidden).astype(dt)
+  qpos, kpos = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
+  keys, values, out = [], [], []
+  for i in range(steps):
+    q, k, v, residual = e3.project(cfg, p, emb, feat, sin, cos)
+    keys.append(k)
+    values.append(v)
+    masks = [kpos <= qpos - i] + [kpos == qpos - (i - s) for s in range(1, i + 1)]
+    mask = jnp.broadcast_to(jnp.concatenate(masks, axis=1)[None], (b, t, t * (i + 1)))
+    attn = attention(q, jnp.concatenate(keys, 1), jnp.concatenate(values, 1), mask)
+    logits, h = e3.finish(cfg, params, residual, attn)
+    out.append(logits)
+    # Next step at slot j continues from this step's state at slot j-1.
+    feat = jnp.pad(h[:, :-1], ((0, 0), (1, 0), (0, 0)))
+  return out
+
+
+def ttt_loss(cfg: e3.Eagle3Config, params: dict, embed: jax.Array, d2t: jax.Array,
+             tokens: jax.Array, aux_hidden, target_logits: jax.Array, loss_mask: jax.Array, *,
+             steps: int, decay: float):
+  """Sum over steps of decay**i * soft cross-entropy to the target; per-step loss and top-1 acc.
+
+  target_logits [B, T, V]; loss_mask [B, T] marks slots whose *target* distribution is trained
+  on (e.g. response tokens). Step i at slot j is supervised only where j >= i (a real prefix
+  exists) and slot j+1 is in the mask.
+  """
+  b, t = tokens.shape
+  ids = draft_vocab_ids(d2t)
+  tgt = target_logits[:, 1:][..., ids]  # slot j -> target distribution at slot j+1
+  p_t = jax.nn.softmax(tgt, axis=-1)
+  best = jnp.argmax(tgt, axis=-1)
+  base = jnp.pad(loss_mask[:, 1:], ((0, 0), (0, 1)))[:, :t - 1]
+  total, losses, accs = 0.0, [], []
+  for i, logits in enumerate(unroll(cfg, params, embed, tokens, aux_hidden, steps)):
+    m = (base & (jnp.arange(t - 1) >= i)[None]).astype(jnp.float32)
+    logq = jax.nn.log_softmax(logits[:, :-1], axis=-1)
+    ce = -jnp.sum(p_t * logq, axis=-1)
+    denom = jnp.maximum(m.sum(), 1.0)
+    loss_i = jnp.sum(ce * m) / denom
+    acc_i = jnp.sum((jnp.argmax(logq, -1) == best) * m) / denom
+    total = total + decay ** i * loss_i
+    losses.append(loss_i)
+    accs.append(acc_i)
+  return total, {"step_loss": jnp.stack(losses), "step_acc": jnp.stack(accs)}

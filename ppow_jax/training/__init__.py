@@ -1,0 +1,1 @@
+"""Training infrastructure shared by token-level (SFT) and PPOW training: checkpoints, metrics."""
