@@ -339,6 +339,5 @@ def test_stories260k_greedy_generation_matches_transformers(stories_path):
     nxt, cache = step(params, nxt, cache)
     got.append(int(nxt))
   got = np.array(got)
-  # generate() stops at EOS; our loop does not, so compare up to and including HF's last token.
-  assert len(ref) >= 16, tok.decode(ref)
-  np.testing.assert_array_equal(got[:len(ref)], ref, err_msg=tok.decode(got))
+  assert len(ref) == new, f"generate() stopped early: {tok.decode(ref)!r}"
+  np.testing.assert_array_equal(got, ref, err_msg=tok.decode(got))
