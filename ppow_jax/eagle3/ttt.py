@@ -16,12 +16,39 @@ import jax.numpy as jnp
 
 from ppow_jax.eagle3 import model as e3
 from ppow_jax.models import rope
-from ppow_jax.models.transformer import attention
 
 
 def draft_vocab_ids(d2t: jax.Array) -> jax.Array:
   """Target ids of the draft vocabulary, in draft order."""
   return jnp.arange(d2t.shape[0], dtype=jnp.int32) + d2t.astype(jnp.int32)
+
+
+def _shift(x: jax.Array, d: int) -> jax.Array:
+  """x[:, j - d] along axis 1 (zeros where j < d)."""
+  return x if d == 0 else jnp.pad(x[:, :-d], ((0, 0), (d, 0)) + ((0, 0),) * (x.ndim - 2))
+
+
+def _ttt_attention(q, keys, values, i):
+  """Step-i attention: causal over step-0 keys at slots <= j-i, plus one diagonal key per step.
+
+  The diagonal keys are scored elementwise rather than through a masked [T, T] block each, so the
+  cost stays ~T^2 + i*T instead of (i+1)*T^2. q [B,T,Hq,D]; keys/values: i+1 arrays [B,T,Hkv,D].
+  """
+  b, t, hq, d = q.shape
+  hkv = keys[0].shape[2]
+  qg = q.reshape(b, t, hkv, hq // hkv, d).astype(jnp.float32)
+  scale = d ** -0.5
+  s0 = jnp.einsum("btkgd,bskd->btkgs", qg, keys[0].astype(jnp.float32)) * scale
+  causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None] - i
+  s0 = jnp.where(causal[None, :, None, None, :], s0, -1e30)
+  diag_k = [_shift(k, i - s).astype(jnp.float32) for s, k in enumerate(keys) if s >= 1]
+  diag_v = [_shift(v, i - s) for s, v in enumerate(values) if s >= 1]
+  sd = [jnp.einsum("btkgd,btkd->btkg", qg, k)[..., None] * scale for k in diag_k]
+  probs = jax.nn.softmax(jnp.concatenate([s0] + sd, axis=-1), axis=-1)
+  out = jnp.einsum("btkgs,bskd->btkgd", probs[..., :t], values[0].astype(jnp.float32))
+  for n, v in enumerate(diag_v):
+    out = out + probs[..., t + n, None] * v[:, :, :, None, :].astype(jnp.float32)
+  return out.reshape(b, t, hq * d).astype(q.dtype)
 
 
 def unroll(cfg: e3.Eagle3Config, params: dict, embed: jax.Array, tokens: jax.Array,
@@ -35,15 +62,12 @@ def unroll(cfg: e3.Eagle3Config, params: dict, embed: jax.Array, tokens: jax.Arr
   # Slot j reads token j+1 (the last slot's token is padding; its outputs are never supervised).
   emb = embed[jnp.pad(tokens[:, 1:], ((0, 0), (0, 1)))].astype(dt)
   feat = e3.fuse(params, aux_hidden).astype(dt)
-  qpos, kpos = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
   keys, values, out = [], [], []
   for i in range(steps):
     q, k, v, residual = e3.project(cfg, p, emb, feat, sin, cos)
     keys.append(k)
     values.append(v)
-    masks = [kpos <= qpos - i] + [kpos == qpos - (i - s) for s in range(1, i + 1)]
-    mask = jnp.broadcast_to(jnp.concatenate(masks, axis=1)[None], (b, t, t * (i + 1)))
-    attn = attention(q, jnp.concatenate(keys, 1), jnp.concatenate(values, 1), mask)
+    attn = _ttt_attention(q, keys, values, i)
     logits, h = e3.finish(cfg, params, residual, attn)
     out.append(logits)
     # Next step at slot j continues from this step's state at slot j-1.

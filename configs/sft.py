@@ -1,0 +1,37 @@
+"""Token-level (EAGLE-3 training-time-test) training of a drafter for a local HF target.
+
+  python -m ppow_jax.main --config configs/sft.py --workdir runs/sft \
+    --config.target.path=../shared/models/stories260k
+
+Base LMs (no data.prompts) are self-distilled from sequences the target samples from BOS; with
+--config.data.prompts=FILE the target answers those prompts instead. The drafter is exported to
+WORKDIR/export in the EAGLE-3 layout; eval.json holds greedy tau on held-out prompts.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.mode = "sft"
+  c.workdir = ""
+  c.seed = 0
+  c.target = ml_collections.ConfigDict(dict(path="", dtype=""))
+  c.drafter = ml_collections.ConfigDict(dict(
+      init_from="",  # an EAGLE-3 export to start from ("" = fresh)
+      draft_vocab_size=0))  # 0 = the target's full vocabulary
+  c.data = ml_collections.ConfigDict(dict(
+      dir="",  # "" = WORKDIR/data; share it between runs to generate once
+      prompts="", num_samples=1024, num_heldout=32, max_prompt_len=128,
+      max_new_tokens=255, temperature=1.0, gen_batch_size=64, seq_len=256))
+  c.ttt = ml_collections.ConfigDict(dict(steps=7, decay=0.8))
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=3e-3, warmup_steps=50, final_lr_fraction=0.1, b1=0.9, b2=0.95,
+      weight_decay=0.0, grad_clip=1.0))
+  c.train = ml_collections.ConfigDict(dict(
+      num_steps=600, batch_size=16, log_every=10, checkpoint_every=100, keep_checkpoints=2))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.eval = ml_collections.ConfigDict(dict(
+      prompts="", num_prompts=32, prompt_len=16, windows=(6, 10), max_new_tokens=128,
+      batch_size=8))
+  return c

@@ -1,0 +1,148 @@
+"""What token-level (SFT) and PPOW training of an EAGLE-3 drafter share: the frozen target, the
+self-distillation data, the drafter's initial weights, the optimizer, export and a tau check."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from ppow_jax.data import prompts as prompt_files
+from ppow_jax.data import selfdistill
+from ppow_jax.decoding import runner
+from ppow_jax.eagle3 import model as e3
+from ppow_jax.eagle3.checkpoint import load_eagle3, save_eagle3
+from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
+from ppow_jax.eagle3.vocab import build_vocab_maps
+from ppow_jax.models import hf_checkpoint
+
+
+@dataclasses.dataclass
+class Target:
+  model: Any
+  tokenizer: Any
+
+  @property
+  def cfg(self):
+    return self.model.cfg
+
+  def params(self):
+    return self.model.params()
+
+
+def load_target(config) -> Target:
+  if not config.target.path:
+    raise ValueError("config.target.path is empty: give a Hugging Face checkpoint directory")
+  model = hf_checkpoint.load_model(config.target.path, dtype=config.target.dtype or None)
+  return Target(model, hf_checkpoint.load_tokenizer(config.target.path))
+
+
+def data_dir(config, workdir: str) -> str:
+  return config.data.dir or os.path.join(workdir, "data")
+
+
+def prepare_data(config, target: Target, workdir: str):
+  """Generates (once, cached) and reads the train / held-out self-distillation records.
+
+  With `data.prompts` the target answers those prompts (the last `data.num_heldout` are held
+  out); without, a base LM samples `data.num_samples` sequences from BOS.
+  """
+  d = config.data
+  out = data_dir(config, workdir)
+  os.makedirs(out, exist_ok=True)
+  if d.prompts:
+    prompts = prompt_files.load_prompts(d.prompts, limit=d.num_samples or None)
+    ids = prompt_files.encode_prompts(target.tokenizer, prompts, d.max_prompt_len)
+  else:
+    bos = target.cfg.bos_token_id
+    if bos is None:
+      raise ValueError("data.prompts is empty and the target has no bos_token_id to sample from")
+    ids = [[bos]] * d.num_samples
+  if len(ids) <= d.num_heldout:
+    raise ValueError(f"data: {len(ids)} prompts, not more than data.num_heldout={d.num_heldout}")
+  splits = {"train": ids[:len(ids) - d.num_heldout], "heldout": ids[len(ids) - d.num_heldout:]}
+  records = {}
+  for name, split_ids in splits.items():
+    path = os.path.join(out, f"selfdistill-{name}.array_record")
+    meta = selfdistill.generate(
+        target.cfg, target.params(), split_ids, path, max_new_tokens=d.max_new_tokens,
+        temperature=d.temperature, batch_size=d.gen_batch_size,
+        seed=config.seed + (0 if name == "train" else 7919))
+    logging.info("self-distillation %s: %s", name, meta)
+    records[name] = selfdistill.read_records(path)
+  return records["train"], records["heldout"]
+
+
+def eval_prompts(config, target: Target, heldout) -> list[list[int]]:
+  """Evaluation prompts: a prompt file if `eval.prompts` is set, else held-out prefixes."""
+  e = config.eval
+  if e.prompts:
+    prompts = prompt_files.load_prompts(e.prompts, limit=e.num_prompts or None)
+    return prompt_files.encode_prompts(target.tokenizer, prompts, config.data.max_prompt_len)
+  # Prefixes of held-out sequences: never trained on, drawn from the target's own distribution.
+  return [r[1:1 + max(int(r[0]), e.prompt_len)].tolist() for r in heldout[:e.num_prompts]]
+
+
+def init_drafter(config, target: Target, train_records) -> e3.Eagle3Drafter:
+  """A fresh drafter (vocabulary maps from the data's token counts), or `drafter.init_from`."""
+  if config.drafter.init_from:
+    return load_eagle3(config.drafter.init_from, target.cfg)
+  v = target.cfg.vocab_size
+  vd = config.drafter.draft_vocab_size or v
+  cfg = e3.Eagle3Config.from_target(target.cfg, draft_vocab_size=vd)
+  drafter = e3.Eagle3Drafter(cfg, rngs=nnx.Rngs(config.seed))
+  d2t, t2d = build_vocab_maps(selfdistill.token_counts(train_records, v), vd)
+  drafter.set_vocab_maps(d2t, t2d)
+  return drafter
+
+
+def with_params(drafter: e3.Eagle3Drafter, params) -> e3.Eagle3Drafter:
+  """The drafter module carrying trained `params`."""
+  state = nnx.state(drafter, nnx.Param)
+  nnx.replace_by_pure_dict(state, jax.device_get(params))
+  nnx.update(drafter, state)
+  return drafter
+
+
+def make_optimizer(o, num_steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warmup and cosine decay, after global-norm clipping."""
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.learning_rate, warmup_steps=min(o.warmup_steps, num_steps),
+      decay_steps=max(num_steps, o.warmup_steps + 1), end_value=o.learning_rate * o.final_lr_fraction)
+  return optax.chain(optax.clip_by_global_norm(o.grad_clip),
+                     optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+
+
+def export(drafter: e3.Eagle3Drafter, path: str):
+  """Writes the EAGLE-3 layout vLLM / SGLang load (and `--config.drafter.path` reads)."""
+  save_eagle3(drafter, path)
+
+
+def measure_tau(target: Target, drafter: e3.Eagle3Drafter, prompt_ids, *, windows, max_new_tokens,
+                batch_size, seed=0) -> dict:
+  """Greedy tau (tokens per verification step, bonus included) for each window size."""
+  dr = Eagle3EngineDrafter(drafter.cfg)
+  dp = Eagle3EngineDrafter.bind(drafter, target.params())
+  out = {}
+  for k in windows:
+    s = runner.DecodeSettings(window=k, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              seed=seed)
+    res = runner.decode(target.cfg, target.params(), prompt_ids, s, drafter=dr, drafter_params=dp,
+                        desc=f"tau K={k}")
+    out[f"tau_k{k}"] = runner.summarize(res, ["all"] * len(res))["mean_accept_length"]
+  return out
+
+
+def tree_size(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def to_device(batch: dict, sharding) -> dict:
+  return {k: jax.device_put(jnp.asarray(v), sharding) for k, v in batch.items()}
