@@ -8,15 +8,10 @@ Writes workdir/export (EAGLE-3 layout), metrics.jsonl, tensorboard/ and eval.jso
 
 from __future__ import annotations
 
-import functools
 import os
-import time
 
 import jax
-import jax.numpy as jnp
 import optax
-import tqdm
-from absl import logging
 
 from ppow_jax import run_files
 from ppow_jax.data.selfdistill import SequenceData
@@ -25,14 +20,19 @@ from ppow_jax.eagle3 import ttt
 from ppow_jax.models import transformer
 from ppow_jax.parallel import sharding
 from ppow_jax.training import drafter_run
+from ppow_jax.training import loop
 from ppow_jax.training.checkpoints import Checkpointer
-from ppow_jax.training.metrics import MetricWriter, check_finite
+from ppow_jax.training.metrics import MetricWriter
 
 
 def make_train_step(tcfg, dcfg, optimizer, *, steps: int, decay: float):
-  """(state, target_params, d2t, batch) -> (state, metrics); pure, jitted by the caller."""
+  """(state, target_params, d2t, batch, rng) -> (state, metrics); pure, jitted by the caller.
 
-  def train_step(state, target_params, d2t, batch):
+  The loss is deterministic, so rng is unused (kept for the shared loop's step signature).
+  """
+
+  def train_step(state, target_params, d2t, batch, rng=None):
+    del rng
     out = transformer.forward(tcfg, target_params, batch["tokens"], key_valid=batch["valid"],
                               hidden_layers=dcfg.aux_layers)
     aux = jax.lax.stop_gradient(out.hidden)
@@ -60,40 +60,23 @@ def run(config, workdir: str):
   data = SequenceData(train, seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed)
 
   mesh = sharding.make_mesh(dict(config.mesh))
-  p_shard = sharding.tree_shardings(drafter.params(), e3.LOGICAL_AXES, mesh)
-  b_shard = sharding.batch_sharding(mesh, 2)
   optimizer = drafter_run.make_optimizer(config.optim, t.num_steps)
-  params = jax.device_put(drafter.params(), p_shard)
-  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+  state, state_sh = loop.init_state(
+      optimizer, drafter.params(), sharding.tree_shardings(drafter.params(), e3.LOGICAL_AXES, mesh),
+      mesh)
   target_params = target.params()
-  d2t = drafter.d2t[...]
-
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=t.checkpoint_every,
-                      keep=t.keep_checkpoints)
-  start = 0
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state)
-    start = int(state["step"])
-    logging.info("resumed from step %d", start)
-  writer = MetricWriter(workdir)
-  writer.truncate_after(start)
-
-  step_fn = jax.jit(make_train_step(target.cfg, dcfg, optimizer, steps=config.ttt.steps,
-                                    decay=config.ttt.decay), donate_argnums=(0,))
-  bar = tqdm.tqdm(range(start, t.num_steps), initial=start, total=t.num_steps, desc="sft")
-  for step in bar:
-    t0 = time.perf_counter()
-    batch = drafter_run.to_device(data.batch(step), b_shard)
-    state, m = step_fn(state, target_params, d2t, batch)
-    loss = float(m["loss"])
-    check_finite(step, loss, ckpt.latest_step())
-    m = dict(jax.device_get(m), step_time=time.perf_counter() - t0)
-    if (step + 1) % t.log_every == 0 or step + 1 == t.num_steps:
-      writer.write(step + 1, m)
-    bar.set_postfix(loss=f"{loss:.3f}", acc0=f"{float(m['step_acc'][0]):.3f}")
-    ckpt.save(step + 1, state, force=step + 1 == t.num_steps)
-  ckpt.close()
-  writer.close()
+  target_sh = sharding.tree_shardings(target_params, transformer.LOGICAL_AXES, mesh)
+  repl = sharding.replicated(mesh)
+  step_fn = make_train_step(target.cfg, dcfg, optimizer, steps=config.ttt.steps,
+                            decay=config.ttt.decay)
+  state = loop.run_loop(
+      step_fn, state, state_sh, const_args=(jax.device_put(target_params, target_sh),
+                                            jax.device_put(drafter.d2t[...], repl)),
+      const_shardings=(target_sh, repl), get_batch=data.batch,
+      batch_sharding=sharding.batch_sharding(mesh, 2), num_steps=t.num_steps, seed=config.seed,
+      ckpt=Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=t.checkpoint_every,
+                        keep=t.keep_checkpoints),
+      writer=MetricWriter(workdir), log_every=t.log_every, desc="sft", postfix=("loss",))
 
   drafter = drafter_run.with_params(drafter, state["params"])
   drafter_run.export(drafter, os.path.join(workdir, "export"))

@@ -106,7 +106,11 @@ def tree_shardings(params: Any, table: Mapping[str, tuple], mesh: Mesh, rules: R
                           isinstance(e, (str, type(None))) for e in x))
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
 def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = Rules()) -> NamedSharding:
-  """Leading axis over the batch mesh axes, the rest replicated."""
-  target = rules.mesh_axes("batch")
-  return NamedSharding(mesh, P(target, *([None] * (ndim - 1))))
+  """Leading axis over the batch mesh axes (those of size > 1), the rest replicated."""
+  target = tuple(a for a in rules.mesh_axes("batch") if mesh.shape[a] > 1)
+  return NamedSharding(mesh, P(target or None, *([None] * (ndim - 1))))

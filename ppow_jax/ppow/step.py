@@ -1,0 +1,142 @@
+"""One PPOW training step: choose windows, roll out groups, verify, reward, update (pure).
+
+  state, target_params, d2t, batch, rng -> new state, metrics
+
+Window choice (adaptive divergence-aware windowing): every prefix end p of a sequence is a
+candidate; its score is the mean of v_t = C(P_t)·KL(P_t‖Q_t) over the K slots the window would
+cover, with P_t the target's distribution along the stored sequence and Q_t the drafter's
+one-step prediction from target features (our choice: scoring windows with the drafter's own
+multi-step rollouts would cost a rollout per candidate). Before `windowing_start` (or with
+windowing off) prefixes are chosen uniformly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ppow_jax.eagle3 import model as e3
+from ppow_jax.ppow import objective, rewards, rollout, windowing
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOWSettings:
+  window: int = 10  # K
+  group_size: int = 8  # G windows per prefix
+  prefixes_per_seq: int = 2  # M prefixes chosen per sequence
+  min_prefix: int = 1
+  gamma: float = 0.12
+  eta: float = 0.5
+  epsilon: float = 2.0
+  use_proximity: bool = True
+  windowing: bool = True
+  windowing_mode: str = "top"
+  windowing_start: int = 0
+  clip_eps: float = 0.2
+  beta: float = 0.02
+  aux_coef: float = 0.1
+  loss_tokens: str = "through_first_reject"
+  ppo_epochs: int = 1
+  temperature: float = 1.0
+
+
+def candidate_scores(teacher, dp: rollout.DraftPass, d2t, valid, window: int, min_prefix: int):
+  """Window score [N, T] per prefix end p (-1 where no full window fits)."""
+  n, t, v = teacher.target_logits.shape
+  q = e3.draft_to_target_logits(d2t, dp.logits, v)
+  # Slot s: target P at s vs drafter prediction from slot s-1 (both predict token s+1).
+  vt = windowing.divergence_scores(teacher.target_logits[:, 1:], q[:, :-1])  # [N, T-1] for s>=1
+  vt = jnp.pad(vt, ((0, 0), (1, 0)))
+  csum = jnp.pad(jnp.cumsum(vt, axis=1), ((0, 0), (1, 0)))
+  p = jnp.arange(t)
+  end = jnp.minimum(p + window, t)
+  score = (csum[:, end] - csum[:, p]) / window
+  length = jnp.sum(valid, axis=1)
+  ok = (p[None] >= min_prefix) & (p[None] + window < length[:, None])
+  return jnp.where(ok, score, -1.0), ok
+
+
+def choose_prefixes(rng, scores, ok, m: int, s: PPOWSettings, step):
+  """M prefix ends per sequence: by score once windowing is on, else uniformly (valid ones)."""
+  uniform = (not s.windowing) | (step < s.windowing_start)
+  keys = jax.random.split(rng, scores.shape[0])
+  pick_scored = jax.vmap(lambda k, sc: windowing.select_windows(
+      k, sc, m, mode=s.windowing_mode, uniform=False))(keys, scores)
+  # Uniform among valid prefixes: proportional selection over the 0/1 validity mask.
+  pick_uniform = jax.vmap(lambda k, o: windowing.select_windows(
+      k, o.astype(jnp.float32), m, mode="proportional", uniform=False))(keys, ok)
+  return jnp.where(uniform, pick_uniform, pick_scored)
+
+
+def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
+  k_win, g, m = s.window, s.group_size, s.prefixes_per_seq
+
+  def step_fn(state, target_params, d2t, batch, rng):
+    tokens, valid = batch["tokens"], batch["valid"] & batch["loss_mask"]
+    n = tokens.shape[0]
+    embed = target_params["embed"]
+    v = tcfg.vocab_size
+    r_pick, r_roll = jax.random.split(rng)
+    teacher = rollout.target_pass(tcfg, target_params, tokens, dcfg.aux_layers, capacity)
+    dp = jax.lax.stop_gradient(
+        rollout.draft_pass(dcfg, state["params"], embed, tokens, teacher.aux, capacity))
+
+    scores, ok = candidate_scores(teacher, dp, d2t, batch["valid"], k_win, s.min_prefix)
+    picks = choose_prefixes(r_pick, scores, ok, m, s, state["step"])  # [N, M]
+    pick_ok = jnp.take_along_axis(ok, picks, axis=1)
+    pick_score = jnp.take_along_axis(scores, picks, axis=1)
+    # Rows r = (sequence, prefix, group member).
+    seq = jnp.repeat(jnp.arange(n), m * g)
+    prefix = jnp.repeat(picks.reshape(-1), g)
+    row_ok = jnp.repeat(pick_ok.reshape(-1), g)
+
+    draft, _, logp_old = rollout.draft_windows(
+        dcfg, state["params"], embed, d2t, v, dp, seq, prefix, k_win, rng=r_roll,
+        temperature=s.temperature)
+    k, vlogits = rollout.verify_windows(tcfg, target_params, teacher, tokens, seq, prefix, draft)
+    logp_t_draft = jnp.take_along_axis(jax.nn.log_softmax(vlogits[:, :-1], -1),
+                                       draft[..., None], -1)[..., 0]
+    pseq, pprefix = jnp.repeat(jnp.arange(n), m), picks.reshape(-1)
+    greedy_lp = rollout.target_greedy_logp(tcfg, target_params, teacher, pseq, pprefix, k_win)
+    delta = rewards.likelihood_gap(jnp.repeat(greedy_lp, g, axis=0), logp_t_draft)
+    reward = rewards.window_rewards(k, delta, gamma=s.gamma, eta=s.eta, epsilon=s.epsilon,
+                                    use_proximity=s.use_proximity)
+    adv = objective.group_advantages(reward.reshape(-1, g)).reshape(-1)
+    mask = objective.loss_token_mask(k, k_win, s.loss_tokens) & row_ok[:, None]
+    target_window = jax.lax.stop_gradient(vlogits[:, :-1])
+
+    def loss_fn(params):
+      dp_new = rollout.draft_pass(dcfg, params, embed, tokens, teacher.aux, capacity)
+      _, logits_new, logp_new = rollout.draft_windows(
+          dcfg, params, embed, d2t, v, dp_new, seq, prefix, k_win, tokens=draft)
+      return objective.ppow_loss(logp_new, logp_old, adv, mask, logits_new, target_window,
+                                 clip_eps=s.clip_eps, beta=s.beta, aux_coef=s.aux_coef)
+
+    def epoch(carry, _):
+      params, opt_state = carry
+      (loss, lm), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), (loss, lm, optax.global_norm(grads))
+
+    (params, opt_state), (loss, lm, gnorm) = jax.lax.scan(
+        epoch, (state["params"], state["opt_state"]), None, length=s.ppo_epochs)
+    okf = row_ok.astype(jnp.float32)
+    mean_ok = lambda x: jnp.sum(x * okf) / jnp.maximum(okf.sum(), 1.0)
+    kf = k.astype(jnp.float32)
+    metrics = {
+        "loss": loss[-1], "policy_loss": lm["policy_loss"][-1], "kl": lm["kl"][-1],
+        "clip_fraction": lm["clip_fraction"][-1], "aux_ce": lm["aux_ce"][-1], "grad_norm": gnorm[-1],
+        "reward": mean_ok(reward), "mean_k": mean_ok(kf), "rollout_tau": mean_ok(kf) + 1.0,
+        "k0_share": mean_ok((k == 0).astype(jnp.float32)),
+        "window_score_selected": jnp.sum(pick_score * pick_ok) / jnp.maximum(pick_ok.sum(), 1),
+        "window_score_mean": jnp.sum(jnp.where(ok, scores, 0)) / jnp.maximum(ok.sum(), 1),
+        "window_score_max": jnp.max(jnp.where(ok, scores, -jnp.inf)),
+        "valid_windows": okf.mean(),
+    }
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    return new_state, metrics
+
+  return step_fn
