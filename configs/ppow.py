@@ -1,0 +1,49 @@
+"""PPOW fine-tuning of a token-level EAGLE-3 drafter.
+
+  python -m ppow_jax.main --config configs/ppow.py --workdir runs/ppow \
+    --config.target.path=../shared/models/stories260k \
+    --config.drafter.init_from=runs/sft/export --config.data.dir=runs/sft/data
+
+Ablations: --config.ppow.use_proximity=False (no R_dist), --config.ppow.windowing=False
+(uniform windows), both. Every value below is overridable with --config.x=y.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.mode = "ppow"
+  c.workdir = ""
+  c.seed = 0
+  c.target = ml_collections.ConfigDict(dict(path="", dtype=""))
+  c.drafter = ml_collections.ConfigDict(dict(init_from="", draft_vocab_size=0))
+  c.data = ml_collections.ConfigDict(dict(
+      dir="", prompts="", num_samples=1024, num_heldout=32, max_prompt_len=128,
+      max_new_tokens=127, temperature=1.0, gen_batch_size=64, seq_len=128))
+  c.ppow = ml_collections.ConfigDict(dict(
+      window=10,  # K draft tokens per window
+      group_size=8,  # G windows sampled per prefix
+      prefixes_per_seq=2,  # prefixes chosen per sequence each step
+      min_prefix=1,
+      gamma=0.12,  # drafter/target cost ratio in R_speedup = k / (k*gamma + 1)
+      eta=0.5, epsilon=2.0,  # R_dist = eta * 1[delta < epsilon] for windows with k = 0
+      use_proximity=True,
+      windowing=True, windowing_mode="top",  # or "proportional"
+      windowing_start=20,  # uniform prefixes before this step
+      clip_eps=0.2, beta=0.02,  # PPO clip; KL(P_target || Q) coefficient
+      aux_coef=0.1,  # token-level soft cross-entropy on the window tokens
+      loss_tokens="through_first_reject",  # or "all"
+      ppo_epochs=2, temperature=1.0))
+  c.optim = ml_collections.ConfigDict(dict(
+      learning_rate=3e-4, warmup_steps=10, final_lr_fraction=0.1, b1=0.9, b2=0.95,
+      weight_decay=0.0, grad_clip=1.0))
+  c.train = ml_collections.ConfigDict(dict(
+      num_steps=200, batch_size=8, log_every=5, checkpoint_every=25, keep_checkpoints=2))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.distributed = ml_collections.ConfigDict(dict(num_processes=1, process_id=0,
+                                                 coordinator="127.0.0.1:12355"))
+  c.eval = ml_collections.ConfigDict(dict(
+      prompts="", num_prompts=32, prompt_len=16, windows=(6, 10), max_new_tokens=96,
+      batch_size=8))
+  return c
