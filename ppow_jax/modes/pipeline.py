@@ -1,0 +1,141 @@
+"""The whole PPOW story on one command (configs/default.py), each finished stage cached.
+
+  1. target: a small LLaMA trained on the interpreter's standard library (or --config.target.path)
+  2. self-distillation data from that target
+  3. the token-level EAGLE-3 drafter (configs/sft.py)
+  4. PPOW fine-tuning from it (configs/ppow.py)
+  5. the evaluation report: autoregressive vs token-level vs PPOW (configs/eval.py), printed
+
+Stages live in WORKDIR/{target,data,sft,ppow,eval}; a stage whose result file exists is skipped,
+and an interrupted training stage resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import logging
+
+from ppow_jax import run_files
+from ppow_jax.pipeline import corpus, prompts_from_corpus, target_lm
+
+
+def _stage_done(path: str) -> dict | None:
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return None
+
+
+def target_settings(config) -> target_lm.TargetLMSettings:
+  return target_lm.TargetLMSettings(**config.target_lm.to_dict())
+
+
+def run(config, workdir: str):
+  t_start = time.perf_counter()
+  timings = {}
+  data_dir = os.path.join(workdir, "data")
+  os.makedirs(data_dir, exist_ok=True)
+
+  # 1. Target.
+  target_path = config.target.path
+  train_prompts = eval_prompts = ""
+  if not target_path:
+    print("[1/5] target: training a small LLaMA on the standard library's Python source")
+    s = target_settings(config)
+    t0 = time.perf_counter()
+    trained = target_lm.ensure_target(os.path.join(workdir, "target"), s)
+    timings["target"] = time.perf_counter() - t0
+    target_path = trained.path
+    # Prompts: line-aligned snippets of the target's training text (self-distillation) and of
+    # held-out files (evaluation), so evaluation never sees a prompt the drafter trained on.
+    train_docs, heldout_docs = corpus.split_documents(
+        corpus.stdlib_corpus(s.corpus_bytes, s.corpus_seed), s.holdout_fraction, s.corpus_seed)
+    p = config.prompts
+    train_prompts = prompts_from_corpus.write_prompt_file(
+        os.path.join(data_dir, "train_prompts.jsonl"), train_docs, num_prompts=p.num_train,
+        prompt_chars=p.prompt_chars, seed=config.seed, category="stdlib")
+    eval_prompts = prompts_from_corpus.write_prompt_file(
+        os.path.join(data_dir, "eval_prompts.jsonl"), heldout_docs, num_prompts=p.num_eval,
+        prompt_chars=p.prompt_chars, seed=config.seed + 1, category="stdlib-heldout")
+  else:
+    print(f"[1/5] target: {target_path}")
+
+  def configure(sub, name):
+    sub = sub.copy_and_resolve_references()
+    sub.seed = config.seed
+    sub.target.path = target_path
+    sub.data.dir = data_dir
+    if train_prompts:
+      sub.data.prompts = train_prompts
+      sub.eval.prompts = eval_prompts
+    return sub, os.path.join(workdir, name)
+
+  # 2-3. Self-distillation data and the token-level drafter.
+  from ppow_jax.modes import eval as eval_mode, ppow, sft  # Deferred: heavy imports.
+  sft_cfg, sft_dir = configure(config.sft, "sft")
+  sft_result = _stage_done(os.path.join(sft_dir, "eval.json"))
+  if sft_result is None:
+    print("[2/5] self-distillation data + [3/5] token-level EAGLE-3 drafter")
+    t0 = time.perf_counter()
+    sft_result = sft.run(sft_cfg, sft_dir)
+    timings["sft"] = time.perf_counter() - t0
+  else:
+    print("[2-3/5] token-level drafter: done (cached)")
+
+  # 4. PPOW.
+  ppow_cfg, ppow_dir = configure(config.ppow, "ppow")
+  ppow_cfg.drafter.init_from = os.path.join(sft_dir, "export")
+  ppow_result = _stage_done(os.path.join(ppow_dir, "eval.json"))
+  if ppow_result is None:
+    print("[4/5] PPOW fine-tuning")
+    t0 = time.perf_counter()
+    ppow_result = ppow.run(ppow_cfg, ppow_dir)
+    timings["ppow"] = time.perf_counter() - t0
+  else:
+    print("[4/5] PPOW: done (cached)")
+
+  # 5. Evaluation report.
+  eval_cfg = config.eval.copy_and_resolve_references()
+  eval_cfg.target.path = target_path
+  eval_cfg.seed = config.seed
+  eval_cfg.drafters = (f"token-level={os.path.join(sft_dir, 'export')},"
+                       f"ppow={os.path.join(ppow_dir, 'export')}")
+  if not eval_cfg.data.benchmarks:
+    if not eval_prompts:
+      eval_prompts = os.path.join(data_dir, "eval_prompts.jsonl")
+      _heldout_prompt_file(sft_cfg, target_path, eval_prompts)
+    eval_cfg.data.benchmarks = eval_prompts
+  eval_dir = os.path.join(workdir, "eval")
+  report = _stage_done(os.path.join(eval_dir, "report.json"))
+  if report is None:
+    print("[5/5] evaluation")
+    t0 = time.perf_counter()
+    os.makedirs(eval_dir, exist_ok=True)
+    eval_mode.run(eval_cfg, eval_dir)
+    timings["eval"] = time.perf_counter() - t0
+  else:
+    with open(os.path.join(eval_dir, "report.md")) as f:
+      print(f.read())
+  timings["total"] = time.perf_counter() - t_start
+  summary = {"target": target_path, "sft": sft_result, "ppow": ppow_result,
+             "seconds": timings, "report": os.path.join(eval_dir, "report.md")}
+  run_files.write_json(os.path.join(workdir, "pipeline.json"), summary)
+  print(f"pipeline finished in {timings['total'] / 60:.1f} min; report: {summary['report']}")
+  return summary
+
+
+def _heldout_prompt_file(sft_cfg, target_path: str, path: str):
+  """For a user's target: evaluation prompts decoded from the held-out self-distillation data."""
+  from ppow_jax.data import selfdistill
+  from ppow_jax.models import hf_checkpoint
+  tok = hf_checkpoint.load_tokenizer(target_path)
+  recs = selfdistill.read_records(os.path.join(sft_cfg.data.dir, "selfdistill-heldout.array_record"))
+  n = sft_cfg.eval.prompt_len
+  run_files.write_jsonl(path, [
+      {"id": f"heldout/{i}", "category": "heldout",
+       "prompt": tok.decode(r[1:1 + max(int(r[0]), n)].tolist(), skip_special_tokens=True)}
+      for i, r in enumerate(recs[:sft_cfg.eval.num_prompts])])
+  logging.info("wrote %s", path)
