@@ -23,6 +23,8 @@ MODES = ("decode", "sft", "ppow", "eval", "pipeline")
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Progress bars and printed summaries; -v 0 for INFO.
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.get("workdir")
   if not workdir:
