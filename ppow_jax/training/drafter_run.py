@@ -9,10 +9,9 @@ from typing import Any
 
 import flax.nnx as nnx
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from ppow_jax.data import prompts as prompt_files
 from ppow_jax.data import selfdistill
@@ -106,6 +105,9 @@ def init_drafter(config, target: Target, train_records) -> e3.Eagle3Drafter:
 def with_params(drafter: e3.Eagle3Drafter, params) -> e3.Eagle3Drafter:
   """The drafter module carrying trained `params`."""
   state = nnx.state(drafter, nnx.Param)
+  # Arrays sharded across hosts are gathered first (a collective: every process calls this).
+  params = jax.tree.map(lambda x: x if getattr(x, "is_fully_addressable", True)
+                        else multihost_utils.process_allgather(x, tiled=True), params)
   nnx.replace_by_pure_dict(state, jax.device_get(params))
   nnx.update(drafter, state)
   return drafter
@@ -138,11 +140,3 @@ def measure_tau(target: Target, drafter: e3.Eagle3Drafter, prompt_ids, *, window
                         desc=f"tau K={k}")
     out[f"tau_k{k}"] = runner.summarize(res, ["all"] * len(res))["mean_accept_length"]
   return out
-
-
-def tree_size(tree) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
-def to_device(batch: dict, sharding) -> dict:
-  return {k: jax.device_put(jnp.asarray(v), sharding) for k, v in batch.items()}
