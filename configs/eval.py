@@ -1,0 +1,34 @@
+"""Evaluate drafters for one target on benchmark prompts: tau and speedup per category.
+
+  python -m ppow_jax.main --config configs/eval.py --workdir runs/eval \
+    --config.target.path=../shared/models/stories260k \
+    --config.drafters="self=../shared/models/stories260k,eagle3=runs/sft" \
+    --config.data.benchmarks=../shared/benchmarks/spec_bench/question.jsonl \
+    --config.data.limit_per_category=10 --config.eval.temperatures=0,1
+
+drafters: comma-separated "name=path" (an HF LM sharing the target's vocabulary, an EAGLE-3
+export, or a run directory holding export/); the autoregressive baseline is always included.
+Writes WORKDIR/report.md, report.json and PNG plots.
+"""
+
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.mode = "eval"
+  c.workdir = ""
+  c.seed = 0  # the same sampling seed for every drafter, temperature and category
+  c.target = ml_collections.ConfigDict(dict(path="", dtype=""))  # dtype "" = checkpoint's own
+  c.drafters = ""  # "name=path,name=path"; "" = autoregressive only
+  c.data = ml_collections.ConfigDict(dict(
+      benchmarks="",  # comma-separated prompt files; categories come from their records
+      categories="",  # comma-separated subset; "" = every category found
+      limit_per_category=0,  # first N prompts of each category; 0 = all
+      max_prompt_len=256, truncation="left"))
+  c.eval = ml_collections.ConfigDict(dict(
+      temperatures="0,1",  # comma-separated; one table each
+      window=6,  # draft length K of the main tables
+      windows="2,4,6,8",  # K sweep for the speedup-vs-K plot, at the first temperature; "" = none
+      top_k=0, top_p=1.0, max_new_tokens=128, batch_size=1, progress=True))
+  return c

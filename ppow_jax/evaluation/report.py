@@ -1,0 +1,172 @@
+"""The evaluation report from report.json's dict: markdown tables and PNG plots.
+
+Plots draw on matplotlib's Agg canvas directly (no pyplot), so they never need a display nor
+change the process-wide backend. Files, per temperature T: tau_per_category_T{T}.png (grouped
+bars), accept_lengths_T{T}.png (distribution of tokens per step, per drafter); and
+speedup_vs_window.png (mean speedup against the draft length K) when a sweep ran.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+AUTOREGRESSIVE = "autoregressive"
+
+
+def temperature_key(t: float) -> str:
+  """report.json's key (and file-name tag) for a temperature: 0 -> "0", 0.7 -> "0.7"."""
+  return f"{float(t):g}"
+
+
+def cell(st: dict) -> str:
+  return f"{st['tau']:.2f} / {st['speedup']:.2f}×"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+  return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def markdown_tables(data: dict) -> str:
+  """Per temperature: rows drafters, columns categories and the mean, cells "tau / speedup×"."""
+  out = []
+  cats = data["categories"]
+  for tkey, row in data["results"].items():
+    out += [f"### Temperature {tkey}{' (greedy)' if float(tkey) == 0 else ''}", ""]
+    out += _table(["drafter", *cats, "mean"],
+                  [[name, *(cell(r["categories"][c]) for c in cats), cell(r["mean"])]
+                   for name, r in row.items()])
+    out.append("")
+  return "\n".join(out)
+
+
+def markdown(data: dict, plots: dict[str, str]) -> str:
+  """The whole report.md; `plots` maps a plot's key (e.g. "tau_T0") to its file name."""
+  cats = data["categories"]
+  n = data["num_prompts"]
+  lines = [
+      f"# Evaluation of drafters for `{data['target']}`", "",
+      f"- benchmarks: {', '.join(f'`{b}`' for b in data['benchmarks'])}",
+      f"- prompts: {sum(n.values())} ({', '.join(f'{c}: {n[c]}' for c in cats)})",
+      f"- max_new_tokens {data['max_new_tokens']}, batch size {data['batch_size']}, "
+      f"window K={data['window']}, seed {data['seed']}, top_k {data['top_k']}, "
+      f"top_p {data['top_p']}",
+      "- drafters: " + ", ".join(f"{k} (`{v}`)" if v else k for k, v in data["drafters"].items()),
+      "",
+      "Cells: tau / speedup. tau = mean tokens per target verification step (accepted + 1); "
+      "speedup = tokens/s over the autoregressive tokens/s of the same engine, prompts and run. "
+      "mean = average over categories (pooled figures are in report.json under `overall`).", "",
+      "## Tau / speedup", "", markdown_tables(data),
+      "## Tokens per second", ""]
+  for tkey, row in data["results"].items():
+    lines += [f"### Temperature {tkey}", ""]
+    lines += _table(["drafter", *cats, "mean"],
+                    [[name, *(f"{r['categories'][c]['tokens_per_second']:.1f}" for c in cats),
+                      f"{r['mean']['tokens_per_second']:.1f}"] for name, r in row.items()])
+    lines.append("")
+  sweep = data.get("window_sweep")
+  if sweep:
+    ks = data["windows"]
+    lines += [f"## Window sweep (temperature {temperature_key(sweep['temperature'])}, "
+              "category mean)", ""]
+    lines += _table(["drafter", *(f"K={k}" for k in ks)],
+                    [[name, *(cell(r[str(k)]["mean"]) for k in ks)]
+                     for name, r in sweep["results"].items()])
+    lines.append("")
+  if plots:
+    lines += ["## Plots", ""] + [f"![{key}]({fname})" for key, fname in plots.items()] + [""]
+  return "\n".join(lines)
+
+
+def _figure(width=8.0, height=4.5):
+  fig = Figure(figsize=(width, height), dpi=100)
+  FigureCanvasAgg(fig)
+  return fig, fig.add_subplot(1, 1, 1)
+
+
+def _drafter_names(row: dict) -> list[str]:
+  return [n for n in row if n != AUTOREGRESSIVE]
+
+
+def plot_tau(data: dict, tkey: str, path: str):
+  """Grouped bars: tau per category (and the mean) for each drafter at one temperature."""
+  row = data["results"][tkey]
+  names, groups = _drafter_names(row), [*data["categories"], "mean"]
+  fig, ax = _figure(max(6.0, 1.2 * len(groups) + 2))
+  x, width = np.arange(len(groups)), 0.8 / max(len(names), 1)
+  top = 1.0
+  for i, name in enumerate(names):
+    r = row[name]
+    vals = [r["categories"][c]["tau"] for c in data["categories"]] + [r["mean"]["tau"]]
+    ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=name)
+    top = max(top, *vals)
+  ax.axhline(1.0, color="gray", ls="--", lw=1, label=AUTOREGRESSIVE)
+  ax.set_ylim(0, top * 1.3)  # headroom for the legend
+  ax.set_xticks(x, groups, rotation=30, ha="right")
+  ax.set_ylabel("tau (tokens per target step)")
+  ax.set_title(f"tau per category, temperature {tkey}, K={data['window']}")
+  ax.legend(fontsize="small", ncol=min(len(names) + 1, 4), loc="upper center")
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def plot_accept_lengths(data: dict, tkey: str, path: str):
+  """Grouped bars: fraction of steps producing 1..K+1 tokens, per drafter (all categories)."""
+  row = data["results"][tkey]
+  names = _drafter_names(row)
+  hists = {n: {int(k): v for k, v in row[n]["overall"]["accept_length_histogram"].items()}
+           for n in names}
+  lengths = sorted({k for h in hists.values() for k in h} | {1})
+  fig, ax = _figure()
+  x, width = np.arange(len(lengths)), 0.8 / max(len(names), 1)
+  for i, name in enumerate(names):
+    total = max(sum(hists[name].values()), 1)
+    ax.bar(x + (i - (len(names) - 1) / 2) * width,
+           [hists[name].get(k, 0) / total for k in lengths], width, label=name)
+  ax.set_xticks(x, [str(k) for k in lengths])
+  ax.set_xlabel("tokens per target step (accepted + 1)")
+  ax.set_ylabel("fraction of steps")
+  ax.set_title(f"accepted lengths, temperature {tkey}, K={data['window']}")
+  ax.set_ylim(0, 1.15)
+  ax.legend(fontsize="small", ncol=min(len(names), 4), loc="upper center")
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def plot_window_sweep(data: dict, path: str):
+  """Lines: mean speedup against the draft length K, per drafter."""
+  sweep = data["window_sweep"]
+  ks = data["windows"]
+  fig, ax = _figure(6.5, 4.5)
+  for name, r in sweep["results"].items():
+    ax.plot(ks, [r[str(k)]["mean"]["speedup"] for k in ks], marker="o", label=name)
+  ax.axhline(1.0, color="gray", ls="--", lw=1, label=AUTOREGRESSIVE)
+  ax.set_xticks(ks)
+  ax.set_xlabel("window length K")
+  ax.set_ylabel("speedup (× autoregressive tokens/s)")
+  ax.set_title(f"speedup vs K, temperature {temperature_key(sweep['temperature'])}")
+  ax.legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path)
+
+
+def write_report(data: dict, workdir: str) -> list[str]:
+  """Writes report.md and the PNG plots into workdir; returns their file names."""
+  plots = {}
+  for tkey, row in data["results"].items():
+    if _drafter_names(row):
+      plots[f"tau_T{tkey}"] = f"tau_per_category_T{tkey}.png"
+      plot_tau(data, tkey, os.path.join(workdir, plots[f"tau_T{tkey}"]))
+      plots[f"accept_lengths_T{tkey}"] = f"accept_lengths_T{tkey}.png"
+      plot_accept_lengths(data, tkey, os.path.join(workdir, plots[f"accept_lengths_T{tkey}"]))
+  if data.get("window_sweep"):
+    plots["speedup_vs_window"] = "speedup_vs_window.png"
+    plot_window_sweep(data, os.path.join(workdir, plots["speedup_vs_window"]))
+  with open(os.path.join(workdir, "report.md"), "w") as f:
+    f.write(markdown(data, plots))
+  return ["report.md", *plots.values()]

@@ -1,0 +1,238 @@
+"""Evaluation mode: one target, several drafters, benchmark prompts, temperatures, a window sweep.
+
+Everything is loaded and checked before any decoding: every benchmark file, the target, every
+drafter against the target (vocabulary; EAGLE-3 aux layers and hidden size), the context length.
+Speedup = a drafter's wall-clock tokens/s divided by the autoregressive tokens/s of the same
+engine on the same prompts in the same run (runner.decode keeps compilation out of the timings).
+Each category is decoded by its own runner.decode call, so batches never mix categories and the
+per-category times are exact. "mean" columns average over categories; report.json also holds the
+pooled "overall" figures. Writes WORKDIR/report.md, report.json and PNG plots (see `report`).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import tqdm
+from absl import logging
+
+from ppow_jax import run_files
+from ppow_jax.data import prompts as prompt_files
+from ppow_jax.decoding import runner, sampling
+from ppow_jax.decoding.drafter_io import DrafterMismatchError, load_drafter
+from ppow_jax.evaluation import report
+from ppow_jax.models import hf_checkpoint
+
+AUTOREGRESSIVE = report.AUTOREGRESSIVE
+
+
+class EvalSetupError(ValueError):
+  """A bad eval config, benchmark or drafter, found before decoding; the message names it."""
+
+
+def _split(value) -> list[str]:
+  """Items of a comma-separated string (or a list/tuple/number), stripped, blanks dropped."""
+  if value is None:
+    return []
+  items = [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).split(",")
+  return [s.strip() for s in items if s.strip()]
+
+
+def parse_numbers(field: str, value, kind, minimum) -> list:
+  """`kind` values (int or float) >= minimum from a comma-separated config field, in order."""
+  out = []
+  for s in _split(value):
+    try:
+      x = kind(float(s)) if kind is float else int(s)
+    except ValueError:
+      what = "an int" if kind is int else "a number"
+      raise EvalSetupError(f"{field}: {s!r} is not {what}") from None
+    if x < minimum:
+      raise EvalSetupError(f"{field}: {s!r} is below the minimum {minimum}")
+    if x not in out:
+      out.append(x)
+  return out
+
+
+def parse_drafters(spec) -> dict[str, str]:
+  """'name=path,name=path' -> {name: path}; a bare path is named after its last component."""
+  out: dict[str, str] = {}
+  for item in _split(spec):
+    name, sep, path = item.partition("=")
+    if not sep:
+      name, path = os.path.basename(os.path.normpath(item)), item
+    name, path = name.strip(), path.strip()
+    if not name or not path:
+      raise EvalSetupError(f"config.drafters: entry {item!r} is not 'name=path'")
+    if name == AUTOREGRESSIVE:
+      raise EvalSetupError(f"config.drafters: the name {AUTOREGRESSIVE!r} is reserved for the "
+                           "baseline, which is always included")
+    if "|" in name:
+      raise EvalSetupError(f"config.drafters: name {name!r} may not contain '|'")
+    if name in out:
+      raise EvalSetupError(f"config.drafters: name {name!r} given twice")
+    out[name] = path
+  return out
+
+
+def load_benchmarks(paths: list[str], categories: list[str],
+                    limit_per_category: int | None) -> list[prompt_files.Prompt]:
+  """The prompts of every file (each must load), filtered to `categories` (all if empty), then the
+  first `limit_per_category` of each category (over all files), grouped by category."""
+  if not paths:
+    raise EvalSetupError("config.data.benchmarks is empty: give comma-separated prompt files")
+  prompts = []
+  for path in paths:
+    prompts.extend(prompt_files.load_prompts(path))  # PromptFileError names the file and line
+  present = list(dict.fromkeys(p.category for p in prompts))
+  if categories:
+    missing = [c for c in categories if c not in present]
+    if missing:
+      raise EvalSetupError(f"config.data.categories: {missing} not in {', '.join(paths)}; "
+                           f"found {present}")
+    present = categories
+  by_cat = {c: [p for p in prompts if p.category == c] for c in present}
+  return [p for c in present for p in by_cat[c][:limit_per_category]]
+
+
+def load_drafters(specs: dict[str, str], target_cfg, target_params) -> dict:
+  """{name: (drafter, params)}; any failure is raised naming the drafter and its path."""
+  out = {}
+  for name, path in specs.items():
+    try:
+      out[name] = load_drafter(path, target_cfg, target_params)
+    except DrafterMismatchError as e:
+      raise DrafterMismatchError(f"drafter {name!r}: {e}") from None
+    except (OSError, ValueError) as e:
+      raise EvalSetupError(f"drafter {name!r} ({path}) cannot be used: {e}") from e
+  return out
+
+
+def _stats(results: list[runner.DecodeResult], window: int) -> dict:
+  """One category's figures: tau, tokens/s, counts and the accept-length histogram (1..K+1)."""
+  s = runner.summarize(results, ["all"] * len(results))
+  counts = collections.Counter(a for r in results for a in r.accept_lengths)
+  top = max([window + 1, *counts])
+  return {
+      "tau": s["mean_accept_length"], "tokens_per_second": s["tokens_per_second"],
+      "num_prompts": s["num_prompts"], "num_tokens": s["num_tokens"], "num_steps": s["num_steps"],
+      "seconds": sum(r.seconds / r.batch_rows for r in results),
+      "accept_length_histogram": {str(k): counts.get(k, 0) for k in range(1, top + 1)},
+  }
+
+
+def _with_speedups(per_cat: dict, baseline: dict) -> dict:
+  """Adds speedups over `baseline` (the autoregressive per-category stats), the category mean
+  and the pooled overall figures."""
+  for c, st in per_cat.items():
+    base = baseline[c]["tokens_per_second"]
+    st["speedup"] = st["tokens_per_second"] / base if base else 0.0
+  n = len(per_cat)
+  mean = {k: sum(st[k] for st in per_cat.values()) / n
+          for k in ("tau", "tokens_per_second", "speedup")}
+  hist = collections.Counter()
+  for st in per_cat.values():
+    hist.update({int(k): v for k, v in st["accept_length_histogram"].items()})
+  steps = sum(st["num_steps"] for st in per_cat.values())
+  toks = sum(st["num_tokens"] for st in per_cat.values())
+  secs = sum(st["seconds"] for st in per_cat.values())
+  base_toks = sum(b["num_tokens"] for b in baseline.values())
+  base_secs = sum(b["seconds"] for b in baseline.values())
+  tps = toks / secs if secs else 0.0
+  base_tps = base_toks / base_secs if base_secs else 0.0
+  overall = {
+      "tau": sum(k * v for k, v in hist.items()) / max(steps, 1), "tokens_per_second": tps,
+      "speedup": tps / base_tps if base_tps else 0.0, "num_tokens": toks, "num_steps": steps,
+      "seconds": secs, "accept_length_histogram": {str(k): hist[k] for k in sorted(hist)}}
+  return {"categories": per_cat, "mean": mean, "overall": overall}
+
+
+def run(config, workdir: str):
+  # --- Everything that can be wrong is found here, before any decoding. ---
+  if not config.target.path:
+    raise EvalSetupError("config.target.path is empty: give a Hugging Face checkpoint directory")
+  temperatures = parse_numbers("config.eval.temperatures", config.eval.temperatures, float, 0.0)
+  if not temperatures:
+    raise EvalSetupError("config.eval.temperatures is empty")
+  window = parse_numbers("config.eval.window", config.eval.window, int, 1)[0]
+  windows = sorted(parse_numbers("config.eval.windows", config.eval.windows, int, 1))
+  specs = parse_drafters(config.drafters)
+  categories = _split(config.data.categories)
+  limit = config.data.limit_per_category or None
+  benchmarks = _split(config.data.benchmarks)
+  prompts = load_benchmarks(benchmarks, categories, limit)
+  target = hf_checkpoint.load_model(config.target.path, dtype=config.target.dtype or None)
+  tparams = target.params()
+  drafters = load_drafters(specs, target.cfg, tparams)
+  tokenizer = hf_checkpoint.load_tokenizer(config.target.path)
+  ids = prompt_files.encode_prompts(tokenizer, prompts, config.data.max_prompt_len,
+                                    config.data.truncation)
+  e = config.eval
+  longest = max(map(len, ids))
+  k_max = max([window, *windows]) if drafters else 0
+  need = longest + e.max_new_tokens + k_max + 1
+  if need > target.cfg.max_position_embeddings:
+    raise EvalSetupError(
+        f"longest prompt ({longest} tokens; config.data.max_prompt_len="
+        f"{config.data.max_prompt_len}) + config.eval.max_new_tokens ({e.max_new_tokens}) + "
+        f"window ({k_max}) + 1 = {need} exceeds the target's "
+        f"max_position_embeddings ({target.cfg.max_position_embeddings}); lower one of them")
+  cats = list(dict.fromkeys(p.category for p in prompts))
+  cat_ids = {c: [x for x, p in zip(ids, prompts) if p.category == c] for c in cats}
+  sweep = [k for k in windows if k != window] if drafters else []
+  logging.info("eval: %d prompts in %d categories, drafters %s, temperatures %s, K=%d, sweep %s",
+               len(prompts), len(cats), list(specs), temperatures, window, windows)
+
+  # --- Decoding. ---
+  calls = len(temperatures) * (1 + len(drafters)) + len(sweep) * len(drafters)
+  bar = tqdm.tqdm(total=calls * len(cats), desc="eval", disable=not e.progress)
+
+  def decode(name: str, temperature: float, k: int) -> dict:
+    drafter, dparams = drafters.get(name, (None, None))
+    settings = runner.DecodeSettings(
+        window=k, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=config.seed,
+        sp=sampling.SamplingParams(temperature=temperature, top_k=e.top_k, top_p=e.top_p))
+    per_cat = {}
+    for c in cats:
+      bar.set_postfix_str(f"{name} T={temperature:g} K={k} {c}")
+      results = runner.decode(target.cfg, tparams, cat_ids[c], settings, drafter=drafter,
+                              drafter_params=dparams, desc=c, progress=e.progress)
+      per_cat[c] = _stats(results, k if drafter is not None else 0)
+      bar.update(1)
+    return per_cat
+
+  results, sweep_results = {}, {}
+  for t in temperatures:
+    base = decode(AUTOREGRESSIVE, t, 0)
+    row = {AUTOREGRESSIVE: {"window": 0, **_with_speedups(base, base)}}
+    for name in drafters:
+      row[name] = {"window": window, **_with_speedups(decode(name, t, window), base)}
+      logging.info("T=%g %s: tau %.3f speedup %.2fx", t, name, row[name]["mean"]["tau"],
+                   row[name]["mean"]["speedup"])
+    results[report.temperature_key(t)] = row
+    if t == temperatures[0] and windows and drafters:
+      for name in drafters:
+        sweep_results[name] = {
+            str(k): (_with_speedups(decode(name, t, k), base) if k != window
+                     else {key: row[name][key] for key in ("categories", "mean", "overall")})
+            for k in windows}
+  bar.close()
+
+  data = {
+      "target": config.target.path, "benchmarks": benchmarks,
+      "drafters": {AUTOREGRESSIVE: None, **specs},
+      "categories": cats, "num_prompts": {c: len(cat_ids[c]) for c in cats},
+      "temperatures": temperatures, "window": window, "windows": windows, "seed": config.seed,
+      "max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size,
+      "max_prompt_len": config.data.max_prompt_len, "top_k": e.top_k, "top_p": e.top_p,
+      "limit_per_category": limit or 0,
+      "results": results,
+      "window_sweep": ({"temperature": temperatures[0], "results": sweep_results}
+                       if sweep_results else None),
+  }
+  run_files.write_json(os.path.join(workdir, "report.json"), data)
+  files = report.write_report(data, workdir)
+  print(report.markdown_tables(data))
+  print(f"-> {', '.join(os.path.join(workdir, f) for f in ['report.json', *files])}")
+  return data

@@ -1,0 +1,197 @@
+"""Eval mode: a tiny stories260k run writes the report (tables, JSON, plots) with the right rows,
+columns and figures; greedy runs are deterministic; bad benchmarks and drafters fail before
+decoding."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from ppow_jax.decoding import runner
+from ppow_jax.decoding.drafter_io import DrafterMismatchError
+from ppow_jax.data.prompts import PromptFileError
+from ppow_jax.eagle3 import Eagle3Config, Eagle3Drafter, save_eagle3
+from ppow_jax.evaluation import report, truncated_lm
+from ppow_jax.models import hf_checkpoint
+from ppow_jax.models.config import ModelConfig
+from ppow_jax.models.transformer import Transformer
+from ppow_jax.modes import eval as eval_mode
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SPEC_BENCH = REPO.parent / "shared" / "benchmarks" / "spec_bench" / "question.jsonl"
+WINDOW = 3
+
+
+def _config(target, drafters, benchmarks, **eval_kw):
+  spec = importlib.util.spec_from_file_location("eval_config", REPO / "configs" / "eval.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.target.path = target
+  c.drafters = drafters
+  c.data.benchmarks = benchmarks
+  c.data.categories = "writing,qa"
+  c.data.limit_per_category = 2
+  c.data.max_prompt_len = 16  # one length bucket: one compilation per drafter and K
+  c.eval.update({**dict(temperatures="0", window=WINDOW, windows="", max_new_tokens=16,
+                        progress=False), **eval_kw})
+  return c
+
+
+@pytest.fixture(scope="module")
+def drafters(stories_path, tmp_path_factory):
+  if not SPEC_BENCH.exists():
+    pytest.skip(f"{SPEC_BENCH} not present")
+  trunc = truncated_lm(stories_path, str(tmp_path_factory.mktemp("trunc2")), 2)
+  return f"self={stories_path},trunc={trunc}"
+
+
+@pytest.fixture(scope="module")
+def run_dir(stories_path, drafters, tmp_path_factory):
+  out = tmp_path_factory.mktemp("eval")
+  eval_mode.run(_config(stories_path, drafters, str(SPEC_BENCH), windows=f"2,{WINDOW}"), str(out))
+  return out
+
+
+def test_truncated_lm_keeps_vocab_and_first_layers(stories_path, tmp_path):
+  full = hf_checkpoint.load_model(stories_path)
+  small = hf_checkpoint.load_model(truncated_lm(stories_path, str(tmp_path), 2))
+  assert small.cfg == full.cfg.replace(num_layers=2)
+  a, b = full.params(), small.params()
+  assert (b["layers"]["q_proj"] == a["layers"]["q_proj"][:2]).all()
+  assert (b["embed"] == a["embed"]).all()
+
+
+def test_report_files_rows_and_columns(run_dir):
+  data = json.loads((run_dir / "report.json").read_text())
+  assert data["categories"] == ["writing", "qa"]
+  assert data["num_prompts"] == {"writing": 2, "qa": 2}
+  assert list(data["results"]) == ["0"]
+  assert list(data["results"]["0"]) == ["autoregressive", "self", "trunc"]
+  md = (run_dir / "report.md").read_text()
+  assert "| drafter | writing | qa | mean |" in md
+  for name in ("autoregressive", "self", "trunc"):
+    r = data["results"]["0"][name]
+    cells = [report.cell(r["categories"][c]) for c in ("writing", "qa")] + [report.cell(r["mean"])]
+    assert f"| {name} | " + " | ".join(cells) + " |" in md
+  for png in ("tau_per_category_T0.png", "accept_lengths_T0.png", "speedup_vs_window.png"):
+    head = (run_dir / png).read_bytes()[:8]
+    assert head == b"\x89PNG\r\n\x1a\n", png
+    assert f"]({png})" in md
+
+
+def test_figures_are_consistent(run_dir):
+  res = json.loads((run_dir / "report.json").read_text())["results"]["0"]
+  ar, me = res["autoregressive"], res["self"]
+  for c in ("writing", "qa"):
+    assert ar["categories"][c]["tau"] == 1.0 and ar["categories"][c]["speedup"] == 1.0
+    assert ar["categories"][c]["accept_length_histogram"] == {"1": ar["categories"][c]["num_steps"]}
+    for name, r in res.items():
+      st = r["categories"][c]
+      hist = {int(k): v for k, v in st["accept_length_histogram"].items()}
+      assert sum(hist.values()) == st["num_steps"]
+      assert sum(k * v for k, v in hist.items()) / st["num_steps"] == pytest.approx(st["tau"])
+      assert st["num_tokens"] == 2 * 16  # stories260k writes past 16 tokens without EOS
+      assert st["speedup"] == pytest.approx(
+          st["tokens_per_second"] / ar["categories"][c]["tokens_per_second"])
+  assert me["mean"]["tau"] > 1.5 > ar["mean"]["tau"] == 1.0  # the target drafting for itself
+  assert max(int(k) for k in me["overall"]["accept_length_histogram"]) == WINDOW + 1
+  assert me["mean"]["speedup"] == pytest.approx(
+      (me["categories"]["writing"]["speedup"] + me["categories"]["qa"]["speedup"]) / 2)
+
+
+def test_window_sweep(run_dir):
+  data = json.loads((run_dir / "report.json").read_text())
+  sweep = data["window_sweep"]
+  assert sweep["temperature"] == 0.0 and data["windows"] == [2, WINDOW]
+  assert list(sweep["results"]) == ["self", "trunc"]
+  assert sweep["results"]["self"][str(WINDOW)]["mean"] == data["results"]["0"]["self"]["mean"]
+  hist2 = sweep["results"]["self"]["2"]["overall"]["accept_length_histogram"]
+  assert max(int(k) for k in hist2) == 3  # decoded with K=2: at most 3 tokens per step
+  assert "| self | " in (run_dir / "report.md").read_text().split("## Window sweep")[1]
+
+
+def test_greedy_eval_is_deterministic(run_dir, stories_path, drafters, tmp_path):
+  again = eval_mode.run(_config(stories_path, drafters, str(SPEC_BENCH)), str(tmp_path))
+  first = json.loads((run_dir / "report.json").read_text())["results"]["0"]
+  for name in ("self", "trunc"):
+    for c in ("writing", "qa"):
+      a, b = first[name]["categories"][c], again["results"]["0"][name]["categories"][c]
+      assert (a["tau"], a["accept_length_histogram"]) == (b["tau"], b["accept_length_histogram"])
+
+
+# --- Validation before decoding -------------------------------------------------------------------
+
+
+def _zeros(make):
+  """The module `make()` builds, with all-zero weights (no random-init compilations)."""
+  module = nnx.eval_shape(make)
+  state = nnx.state(module)
+  nnx.replace_by_pure_dict(state, jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
+                                               nnx.to_pure_dict(state)))
+  nnx.update(module, state)
+  return module
+
+
+@pytest.fixture
+def no_decode(monkeypatch):
+  def boom(*a, **k):
+    raise AssertionError("runner.decode called before validation finished")
+  monkeypatch.setattr(runner, "decode", boom)
+
+
+def test_malformed_benchmark_fails_before_decoding(no_decode, stories_path, tmp_path):
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text('{"prompt": "hi", "category": "writing"}\n{"prompt": "oops",\n')
+  with pytest.raises(PromptFileError, match=rf"{bad}:2: malformed JSON"):
+    eval_mode.run(_config(stories_path, "", f"{SPEC_BENCH},{bad}"), str(tmp_path))
+
+
+def test_missing_benchmark_fails_before_decoding(no_decode, stories_path, tmp_path):
+  missing = tmp_path / "nope.jsonl"
+  with pytest.raises(PromptFileError, match=f"not found: {missing}"):
+    eval_mode.run(_config(stories_path, "", f"{SPEC_BENCH},{missing}"), str(tmp_path))
+
+
+def test_wrong_vocab_drafter_fails_before_decoding(no_decode, stories_path, tmp_path):
+  cfg = ModelConfig(vocab_size=256, hidden_size=16, intermediate_size=32, num_layers=1,
+                    num_heads=2, num_kv_heads=1, head_dim=8)
+  other = str(tmp_path / "other")
+  hf_checkpoint.save_model(_zeros(lambda: Transformer(cfg, rngs=nnx.Rngs(0))), other)
+  with pytest.raises(DrafterMismatchError, match=rf"drafter 'other': .*{other}.*vocab_size 256"):
+    eval_mode.run(_config(stories_path, f"self={stories_path},other={other}", str(SPEC_BENCH)),
+                  str(tmp_path))
+
+
+def test_eagle3_drafter_for_another_target_fails_before_decoding(no_decode, stories_path, tmp_path):
+  target = hf_checkpoint.load_model(stories_path).cfg  # 5 layers
+  e3 = str(tmp_path / "e3")
+  cfg = Eagle3Config.from_target(target, aux_layers=(2, 4, 7))
+  save_eagle3(_zeros(lambda: Eagle3Drafter(cfg, rngs=nnx.Rngs(0))), e3)
+  with pytest.raises(eval_mode.EvalSetupError, match=r"drafter 'e3'.*aux_layers=\(2, 4, 7\)"):
+    eval_mode.run(_config(stories_path, f"e3={e3}", str(SPEC_BENCH)), str(tmp_path))
+
+
+def test_missing_drafter_and_context_overflow(no_decode, stories_path, tmp_path):
+  with pytest.raises(eval_mode.EvalSetupError, match=f"drafter 'gone'.*{tmp_path}/gone"):
+    eval_mode.run(_config(stories_path, f"gone={tmp_path}/gone", str(SPEC_BENCH)), str(tmp_path))
+  with pytest.raises(eval_mode.EvalSetupError, match="max_position_embeddings"):
+    eval_mode.run(_config(stories_path, "", str(SPEC_BENCH), max_new_tokens=600), str(tmp_path))
+
+
+def test_config_parsing():
+  assert eval_mode.parse_drafters(" a=/x , b=/y/ ,/z/w") == {"a": "/x", "b": "/y/", "w": "/z/w"}
+  for bad, msg in [("a=/x,a=/y", "given twice"), ("autoregressive=/x", "reserved"),
+                   ("=/x", "not 'name=path'")]:
+    with pytest.raises(eval_mode.EvalSetupError, match=msg):
+      eval_mode.parse_drafters(bad)
+  assert eval_mode.parse_numbers("t", "0, 1,0.7,1", float, 0.0) == [0.0, 1.0, 0.7]
+  assert eval_mode.parse_numbers("w", (2, 4), int, 1) == [2, 4]
+  with pytest.raises(eval_mode.EvalSetupError, match="w: '0' is below"):
+    eval_mode.parse_numbers("w", "2,0", int, 1)
+  with pytest.raises(eval_mode.EvalSetupError, match="t: 'x' is not a number"):
+    eval_mode.parse_numbers("t", "x", float, 0.0)
