@@ -1,0 +1,100 @@
+"""PPOW against more token-level training at equal wall-clock, plus PPOW's ablations.
+
+  python benchmarks/ppow_vs_sft.py --target ../shared/models/stories260k \
+    --start runs/sft/export --data_dir runs/sft/data --minutes 10 --out runs/ppow_vs_sft
+
+From one token-level drafter (`--start`, an SFT export), trains for the same wall-clock budget:
+  +token-level   the EAGLE-3 loss, continued (configs/sft.py, init_from=start)
+  +PPOW          configs/ppow.py
+  PPOW w/o R_dist, PPOW w/o windowing   (ablations)
+and measures greedy tau at K=6 and K=10 on the same held-out prompts (prefixes of the held-out
+self-distillation sequences in --data_dir). Runs go two at a time (--parallel), a token-level run
+beside a PPOW run, so concurrent runs share the CPU equally. Writes OUT/results.json and
+OUT/table.md. Extra config overrides for every PPOW run: --ppow_args "--config.x=y ...".
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(name, config, workdir, args, log):
+  cmd = [sys.executable, "-m", "ppow_jax.main", f"--config={config}", f"--workdir={workdir}", *args]
+  t0 = time.time()
+  with open(log, "w") as f:
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+  if proc.returncode:
+    raise RuntimeError(f"{name} failed ({proc.returncode}); see {log}")
+  with open(os.path.join(workdir, "eval.json")) as f:
+    result = json.load(f)
+  result["wall_seconds"] = time.time() - t0
+  result["command"] = " ".join(shlex.quote(c) for c in ["python", *cmd[1:]])
+  return name, result
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--target", required=True)
+  ap.add_argument("--start", required=True, help="token-level drafter export to start from")
+  ap.add_argument("--data_dir", required=True, help="self-distillation data of the start run")
+  ap.add_argument("--minutes", type=float, default=10.0)
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--parallel", type=int, default=2)
+  ap.add_argument("--seq_len", type=int, default=128)
+  ap.add_argument("--ppow_args", default="")
+  ap.add_argument("--sft_args", default="")
+  a = ap.parse_args()
+  os.makedirs(a.out, exist_ok=True)
+  secs = str(a.minutes * 60)
+  common = [f"--config.target.path={os.path.abspath(a.target)}",
+            f"--config.data.dir={os.path.abspath(a.data_dir)}",
+            f"--config.drafter.init_from={os.path.abspath(a.start)}",
+            f"--config.data.seq_len={a.seq_len}", f"--config.data.max_new_tokens={a.seq_len - 1}",
+            "--config.eval.windows=(6,10)", "--config.eval.max_new_tokens=96"]
+  budget = ["--config.train.num_steps=100000", f"--config.train.max_seconds={secs}",
+            "--config.train.checkpoint_every=1000"]
+  ppow = ["configs/ppow.py", [*common, *budget, *shlex.split(a.ppow_args)]]
+  sft = ["configs/sft.py", [*common, *budget, "--config.optim.warmup_steps=10",
+                            "--config.optim.learning_rate=1e-3", *shlex.split(a.sft_args)]]
+  jobs = [
+      ("start", "configs/sft.py", [*common, "--config.train.num_steps=0"]),
+      ("+token-level", sft[0], sft[1]),
+      ("+PPOW", ppow[0], ppow[1]),
+      ("PPOW w/o R_dist", ppow[0], [*ppow[1], "--config.ppow.use_proximity=False"]),
+      ("PPOW w/o windowing", ppow[0], [*ppow[1], "--config.ppow.windowing=False"]),
+      ("PPOW w/o both", ppow[0], [*ppow[1], "--config.ppow.use_proximity=False",
+                                  "--config.ppow.windowing=False"]),
+  ]
+  results = {}
+  with concurrent.futures.ThreadPoolExecutor(a.parallel) as pool:
+    futs = []
+    for name, config, args in jobs:
+      slug = name.replace(" ", "_").replace("/", "").replace("+", "plus_")
+      wd = os.path.join(a.out, slug)
+      futs.append(pool.submit(run, name, config, wd, args, os.path.join(a.out, f"{slug}.log")))
+    for f in concurrent.futures.as_completed(futs):
+      name, r = f.result()
+      results[name] = r
+      print(f"{name}: tau_k6={r['tau_k6']:.3f} tau_k10={r['tau_k10']:.3f} steps={r['num_steps']}",
+            flush=True)
+  rows = ["| drafter | steps | tau (K=6) | tau (K=10) |", "| --- | --- | --- | --- |"]
+  for name, _, _ in jobs:
+    r = results[name]
+    rows.append(f"| {name} | {r['num_steps']} | {r['tau_k6']:.3f} | {r['tau_k10']:.3f} |")
+  table = "\n".join(rows)
+  with open(os.path.join(a.out, "table.md"), "w") as f:
+    f.write(table + "\n")
+  with open(os.path.join(a.out, "results.json"), "w") as f:
+    json.dump({"minutes": a.minutes, "results": results}, f, indent=2)
+  print(table)
+
+
+if __name__ == "__main__":
+  main()
