@@ -18,7 +18,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and check
                                "(default: the config's `workdir`).")
 flags.mark_flags_as_required(["config"])
 
-MODES = ("decode", "sft", "ppow", "eval", "pipeline")
+MODES = ("decode", "sft", "ppow", "eval", "pipeline", "dryrun")
 
 
 def main(argv):

@@ -38,10 +38,9 @@ def run(config, workdir: str):
   if not config.drafter.init_from:
     raise ValueError("config.drafter.init_from is empty: PPOW starts from a token-level drafter "
                      "(an SFT run's export/ directory or an imported EAGLE-3 checkpoint)")
-  if config.distributed.num_processes > 1:
-    jax.distributed.initialize(coordinator_address=config.distributed.coordinator,
-                               num_processes=config.distributed.num_processes,
-                               process_id=config.distributed.process_id)
+  sharding.initialize_distributed(config.distributed)  # num_processes -1: TPU pod auto-discovery
+  sharding.apply_topology(config)  # configs/targets/*: mesh, rules, batch size of the TPU slice
+  rules = sharding.rules_from_config(config)
   target = drafter_run.load_target(config)
   train, heldout = drafter_run.prepare_data(config, target, workdir)
   drafter = drafter_run.init_drafter(config, target, train)
@@ -52,18 +51,18 @@ def run(config, workdir: str):
 
   mesh = sharding.make_mesh(dict(config.mesh))
   optimizer = drafter_run.make_optimizer(config.optim, t.num_steps)
-  state, state_sh = loop.init_state(
-      optimizer, drafter.params(), sharding.tree_shardings(drafter.params(), e3.LOGICAL_AXES, mesh),
-      mesh)
+  drafter_sh = sharding.tree_shardings(drafter.params(), e3.LOGICAL_AXES, mesh, rules)
+  state, state_sh = loop.init_state(optimizer, drafter.params(), drafter_sh, mesh)
   target_params = target.params()
-  target_sh = sharding.tree_shardings(target_params, transformer.LOGICAL_AXES, mesh)
+  target_sh = sharding.tree_shardings(target_params, transformer.LOGICAL_AXES, mesh, rules)
   repl = sharding.replicated(mesh)
   step_fn = make_ppow_step(target.cfg, drafter.cfg, optimizer, s, capacity)
   state = loop.run_loop(
       step_fn, state, state_sh, const_args=(jax.device_put(target_params, target_sh),
                                             jax.device_put(drafter.d2t[...], repl)),
       const_shardings=(target_sh, repl), get_batch=data.batch,
-      batch_sharding=sharding.batch_sharding(mesh, 2), num_steps=t.num_steps, seed=config.seed,
+      batch_sharding=sharding.batch_sharding(mesh, 2, rules), num_steps=t.num_steps,
+      seed=config.seed,
       ckpt=Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=t.checkpoint_every,
                         keep=t.keep_checkpoints),
       writer=MetricWriter(workdir), log_every=t.log_every, desc="ppow",

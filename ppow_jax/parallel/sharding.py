@@ -114,3 +114,111 @@ def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = Rules()) -> NamedShardi
   """Leading axis over the batch mesh axes (those of size > 1), the rest replicated."""
   target = tuple(a for a in rules.mesh_axes("batch") if mesh.shape[a] > 1)
   return NamedSharding(mesh, P(target or None, *([None] * (ndim - 1))))
+
+
+# --- Named TPU topologies, per-config overrides, multi-host start-up ---------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """A Cloud TPU slice: what `gcloud` calls it and what JAX sees (one device per chip)."""
+  name: str
+  accelerator_type: str  # gcloud --accelerator-type
+  runtime_version: str  # gcloud --version / --runtime-version
+  chips: int  # = jax.device_count()
+  hbm_gib: float  # HBM per chip
+
+
+TOPOLOGIES = {t.name: t for t in (
+    Topology("v4-8", "v4-8", "tpu-ubuntu2204-base", 4, 32),
+    Topology("v4-32", "v4-32", "tpu-ubuntu2204-base", 16, 32),
+    Topology("v5e-8", "v5litepod-8", "v2-alpha-tpuv5-lite", 8, 16),
+    Topology("v5e-64", "v5litepod-64", "v2-alpha-tpuv5-lite", 64, 16),
+    Topology("v5e-256", "v5litepod-256", "v2-alpha-tpuv5-lite", 256, 16),
+    Topology("v5p-8", "v5p-8", "v2-alpha-tpuv5", 4, 95),  # v5p names count TensorCores (2/chip)
+    Topology("v5p-64", "v5p-64", "v2-alpha-tpuv5", 32, 95),
+    Topology("v5p-128", "v5p-128", "v2-alpha-tpuv5", 64, 95),
+    Topology("v6e-8", "v6e-8", "v2-alpha-tpuv6e", 8, 32),
+    Topology("v6e-64", "v6e-64", "v2-alpha-tpuv6e", 64, 32),
+    Topology("v6e-256", "v6e-256", "v2-alpha-tpuv6e", 256, 32),
+)}
+
+
+def parse_rules(overrides: Mapping[str, Any] | str | None, base: Rules = Rules()) -> Rules:
+  """`base` with some logical axes remapped to "fsdp", "data+fsdp" (several axes) or "" (none).
+
+  `overrides` is a mapping or a string "embed=fsdp+data,vocab=tensor" (what a config holds, so
+  that one --config.rules=... flag sets it).
+  """
+  if isinstance(overrides, str):
+    pairs = [kv.split("=", 1) for kv in overrides.replace(" ", "").split(",") if kv]
+    if any(len(p) != 2 for p in pairs):
+      raise ValueError(f"sharding rules {overrides!r}: expected 'axis=mesh_axes,...'")
+    overrides = dict(pairs)
+  table = dict(base.rules)
+  for name, target in (overrides or {}).items():
+    if name not in table:
+      raise KeyError(f"sharding rules: unknown logical axis {name!r}; known: {sorted(table)}")
+    if isinstance(target, str):
+      axes = tuple(a for a in target.split("+") if a)
+    else:
+      axes = tuple(target or ())
+    bad = set(axes) - set(MESH_AXES)
+    if bad:
+      raise ValueError(f"sharding rules: {name!r} -> {sorted(bad)}: not mesh axes {MESH_AXES}")
+    table[name] = None if not axes else axes[0] if len(axes) == 1 else axes
+  return Rules(tuple(table.items()))
+
+
+def apply_topology(config) -> Topology | None:
+  """Fills config.mesh, config.rules and (if 0) config.train.batch_size from the named topology.
+
+  A config with `topology` set carries `topologies[name]` = {data, fsdp, tensor, batch_size,
+  rules (a parse_rules string)}; the mesh must use every chip of the slice. Configs without a
+  topology are left unchanged.
+  """
+  name = config.get("topology") or ""
+  if not name:
+    return None
+  if name not in TOPOLOGIES:
+    raise ValueError(f"topology {name!r} is unknown; known: {', '.join(TOPOLOGIES)}")
+  if name not in config.topologies:
+    raise ValueError(f"topology {name!r} has no entry in this config's `topologies` "
+                     f"({', '.join(config.topologies)})")
+  entry, topo = config.topologies[name], TOPOLOGIES[name]
+  sizes = {a: int(entry[a]) for a in MESH_AXES}
+  if math.prod(sizes.values()) != topo.chips:
+    raise ValueError(f"topologies[{name!r}] mesh {sizes} has {math.prod(sizes.values())} devices; "
+                     f"{name} has {topo.chips} chips")
+  config.mesh.update(sizes)
+  if "rules" in config:
+    config.rules = entry.get("rules", "")
+  if not config.train.batch_size:
+    config.train.batch_size = int(entry["batch_size"])
+  return topo
+
+
+def rules_from_config(config) -> Rules:
+  """DEFAULT_RULES with the config's `rules` overrides (if any)."""
+  return parse_rules(config.get("rules") or None)
+
+
+def mesh_shape(config) -> dict:
+  """The data/fsdp/tensor sizes of config.mesh (other keys, e.g. num_devices, dropped)."""
+  return {a: int(config.mesh[a]) for a in MESH_AXES if a in config.mesh}
+
+
+def initialize_distributed(d) -> None:
+  """Multi-host start-up from a config's `distributed` block.
+
+  num_processes: 1 = single process (nothing to do); N > 1 = explicit coordinator/process_id
+  (any platform; CPU needs JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo); -1 = discover the cluster
+  (`jax.distributed.initialize()` with no arguments: TPU pods, SLURM, ...).
+  """
+  n = int(d.num_processes)
+  if n == -1:
+    jax.distributed.initialize()
+  elif n > 1:
+    jax.distributed.initialize(coordinator_address=d.coordinator, num_processes=n,
+                               process_id=int(d.process_id))
+  elif n != 1:
+    raise ValueError(f"distributed.num_processes={n}; expected 1, N > 1 or -1 (auto)")

@@ -43,7 +43,10 @@ def floored_log_probs(logits):
   """
   logq = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
   finite = jnp.where(jnp.isfinite(logq), logq, LOG_Q_FLOOR)
-  return finite + jax.lax.stop_gradient(jnp.maximum(finite, LOG_Q_FLOOR) - finite)
+  # floor + (x - sg(x)): exactly the floor in value (no x + (floor - x) cancellation, which is
+  # 0, not the floor, for the finite -1e30 logits outside a draft vocabulary), x's gradient.
+  return jnp.where(finite < LOG_Q_FLOOR,
+                   LOG_Q_FLOOR + (finite - jax.lax.stop_gradient(finite)), finite)
 
 
 def _probs_and_safe_log(logits):

@@ -22,16 +22,21 @@ from ppow_jax.training.checkpoints import Checkpointer
 from ppow_jax.training.metrics import MetricWriter, check_finite
 
 
-def init_state(optimizer, params, param_shardings, mesh):
-  """The train state placed on the mesh, and its shardings (optimizer moments follow params)."""
+def state_shardings(optimizer, params, param_shardings, mesh):
+  """Shardings of the train state (optimizer moments follow params); params may be abstract."""
   repl = NamedSharding(mesh, P())
   opt_abstract = jax.eval_shape(optimizer.init, params)
   opt_shardings = optax.tree_utils.tree_map_params(
       optimizer, lambda _, sh: sh, opt_abstract, param_shardings,
       transform_non_params=lambda _: repl)
-  shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": repl}
+  return {"params": param_shardings, "opt_state": opt_shardings, "step": repl}
+
+
+def init_state(optimizer, params, param_shardings, mesh):
+  """The train state placed on the mesh, and its shardings (optimizer moments follow params)."""
+  shardings = state_shardings(optimizer, params, param_shardings, mesh)
   params = jax.device_put(params, param_shardings)
-  opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+  opt_state = jax.jit(optimizer.init, out_shardings=shardings["opt_state"])(params)
   state = {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
   return jax.device_put(state, shardings), shardings
 
@@ -49,7 +54,9 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
     state = ckpt.restore(state)
     start = int(state["step"])
     logging.info("%s: resumed from step %d", desc, start)
-  writer.truncate_after(start)
+  lead = jax.process_index() == 0  # One metrics file per run, written by process 0.
+  if lead:
+    writer.truncate_after(start)
   jitted = jax.jit(
       step_fn, donate_argnums=(0,),
       in_shardings=(state_shardings, *const_shardings, batch_sharding, None),
@@ -63,7 +70,7 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
     metrics = jax.device_get(metrics)
     check_finite(step + 1, float(metrics["loss"]), ckpt.latest_step())
     metrics["step_time"] = time.perf_counter() - t0
-    if (step + 1) % log_every == 0 or step + 1 == num_steps:
+    if lead and ((step + 1) % log_every == 0 or step + 1 == num_steps):
       writer.write(step + 1, metrics)
     bar.set_postfix({k: f"{float(metrics[k]):.3f}" for k in postfix})
     ckpt.save(step + 1, state, force=step + 1 == num_steps)
