@@ -46,7 +46,8 @@ def get_config(topology="v5e-8"):
   return b.make(ARCH, topology_name=topology, workdir="runs/qwen3_8b",
                 drafter_from="AngelSlim/Qwen3-8B_eagle3",
                 topologies={
-                    "v5e-8": b.topology(data=1, fsdp=2, tensor=4, batch_size=8),
+                    # batch 8 would peak at ~14-15 GiB of the 16 GiB (dry run): keep a margin.
+                    "v5e-8": b.topology(data=1, fsdp=2, tensor=4, batch_size=4),
                     # No fsdp axis: the drafter's fused-feature input dim goes to tensor.
                     "v5p-64": b.topology(data=8, fsdp=1, tensor=4, batch_size=64,
                                          rules="fused=tensor"),
