@@ -40,7 +40,8 @@ def get_config():
       weight_decay=0.0, grad_clip=1.0))
   c.train = ml_collections.ConfigDict(dict(
       num_steps=200, batch_size=8, log_every=5, checkpoint_every=25, keep_checkpoints=2))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
+                                           num_devices=0))  # 0 = all; N = the first N
   c.distributed = ml_collections.ConfigDict(dict(num_processes=1, process_id=0,
                                                  coordinator="127.0.0.1:12355"))
   c.eval = ml_collections.ConfigDict(dict(

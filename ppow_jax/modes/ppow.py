@@ -49,7 +49,9 @@ def run(config, workdir: str):
   data = SequenceData(train, seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed)
   capacity = config.data.seq_len + s.window + 2
 
-  mesh = sharding.make_mesh(dict(config.mesh))
+  mesh_shape = dict(config.mesh)
+  num_devices = mesh_shape.pop("num_devices", 0)  # 0 = every device
+  mesh = sharding.make_mesh(mesh_shape, jax.devices()[:num_devices] if num_devices else None)
   optimizer = drafter_run.make_optimizer(config.optim, t.num_steps)
   drafter_sh = sharding.tree_shardings(drafter.params(), e3.LOGICAL_AXES, mesh, rules)
   state, state_sh = loop.init_state(optimizer, drafter.params(), drafter_sh, mesh)

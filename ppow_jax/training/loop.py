@@ -57,8 +57,15 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
   lead = jax.process_index() == 0  # One metrics file per run, written by process 0.
   if lead:
     writer.truncate_after(start)
+
+  def guarded_step(state, *args):  # Also reports whether the updated weights are all finite.
+    state, metrics = step_fn(state, *args)
+    leaves = jax.tree.leaves(state["params"])
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    return state, (metrics, finite)
+
   jitted = jax.jit(
-      step_fn, donate_argnums=(0,),
+      guarded_step, donate_argnums=(0,),
       in_shardings=(state_shardings, *const_shardings, batch_sharding, None),
       out_shardings=(state_shardings, None))
   base_rng = jax.random.key(seed)
@@ -66,9 +73,9 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
   for step in bar:
     t0 = time.perf_counter()
     batch = jax.device_put(get_batch(step), batch_sharding)
-    state, metrics = jitted(state, *const_args, batch, jax.random.fold_in(base_rng, step))
-    metrics = jax.device_get(metrics)
-    check_finite(step + 1, float(metrics["loss"]), ckpt.latest_step())
+    state, (metrics, finite) = jitted(state, *const_args, batch, jax.random.fold_in(base_rng, step))
+    metrics, finite = jax.device_get((metrics, finite))
+    check_finite(step + 1, float(metrics["loss"]), ckpt.latest_step(), bool(finite))
     metrics["step_time"] = time.perf_counter() - t0
     if lead and ((step + 1) % log_every == 0 or step + 1 == num_steps):
       writer.write(step + 1, metrics)

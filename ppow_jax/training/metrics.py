@@ -57,10 +57,14 @@ class MetricWriter:
       self._tb.close()
 
 
-def check_finite(step: int, loss: float, last_checkpoint: int | None):
-  if not math.isfinite(loss):
+def check_finite(step: int, loss: float, last_checkpoint: int | None,
+                 params_finite: bool = True):
+  """Raises before step `step` is checkpointed if its loss or its updated weights are not finite
+  (NaN gradients or an infinite learning rate can leave a finite loss but broken weights)."""
+  if not math.isfinite(loss) or not params_finite:
+    weights = "" if params_finite else " and the updated weights are not finite"
     raise NonFiniteLossError(
-        f"loss is {loss} at step {step}; stopping. The last good checkpoint (step "
+        f"loss is {loss} at step {step}{weights}; stopping. The last good checkpoint (step "
         f"{last_checkpoint}) is kept; lower the learning rate or check the data.")
 
 
