@@ -29,17 +29,18 @@ def get_config():
       gamma=0.12,  # drafter/target cost ratio in R_speedup = k / (k*gamma + 1)
       eta=0.5, epsilon=2.0,  # R_dist = eta * 1[delta < epsilon] for windows with k = 0
       use_proximity=True,
-      windowing=True, windowing_mode="top",  # or "proportional"
+      windowing=True, windowing_mode="proportional",  # or "top"
       windowing_start=20,  # uniform prefixes before this step
-      clip_eps=0.2, beta=0.02,  # PPO clip; KL(P_target || Q) coefficient
-      aux_coef=0.1,  # token-level soft cross-entropy on the window tokens
+      clip_eps=0.2, beta=0.1,  # PPO clip; KL(P_target || Q) coefficient
+      aux_coef=1.0,  # token-level soft cross-entropy on the window tokens
       loss_tokens="through_first_reject",  # or "all"
       ppo_epochs=2, temperature=1.0))
   c.optim = ml_collections.ConfigDict(dict(
-      learning_rate=3e-4, warmup_steps=10, final_lr_fraction=0.1, b1=0.9, b2=0.95,
+      learning_rate=5e-5, warmup_steps=10, final_lr_fraction=0.1, b1=0.9, b2=0.95,
       weight_decay=0.0, grad_clip=1.0))
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=200, batch_size=8, log_every=5, checkpoint_every=25, keep_checkpoints=2))
+      num_steps=200, batch_size=8, max_seconds=0,  # > 0: also stop after this much wall-clock time
+      log_every=5, checkpoint_every=25, keep_checkpoints=2))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
                                            num_devices=0))  # 0 = all; N = the first N
   c.distributed = ml_collections.ConfigDict(dict(num_processes=1, process_id=0,

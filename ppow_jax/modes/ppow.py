@@ -64,7 +64,7 @@ def run(config, workdir: str):
                                             jax.device_put(drafter.d2t[...], repl)),
       const_shardings=(target_sh, repl), get_batch=data.batch,
       batch_sharding=sharding.batch_sharding(mesh, 2, rules), num_steps=t.num_steps,
-      seed=config.seed,
+      max_seconds=t.max_seconds, seed=config.seed,
       ckpt=Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=t.checkpoint_every,
                         keep=t.keep_checkpoints),
       writer=MetricWriter(workdir), log_every=t.log_every, desc="ppow",
@@ -73,7 +73,7 @@ def run(config, workdir: str):
   drafter = drafter_run.with_params(drafter, state["params"])
   if jax.process_index() == 0:
     drafter_run.export(drafter, os.path.join(workdir, "export"))
-  result = {"num_steps": t.num_steps}
+  result = {"num_steps": int(state["step"])}
   if config.eval.windows:
     prompts = drafter_run.eval_prompts(config, target, heldout)
     result.update(drafter_run.measure_tau(

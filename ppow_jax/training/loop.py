@@ -44,8 +44,11 @@ def init_state(optimizer, params, param_shardings, mesh):
 def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args: tuple,
              const_shardings: tuple, get_batch: Callable[[int], Any], batch_sharding: Any,
              num_steps: int, seed: int, ckpt: Checkpointer, writer: MetricWriter,
-             log_every: int, desc: str, postfix: tuple = ("loss",)):
+             log_every: int, desc: str, postfix: tuple = ("loss",), max_seconds: float = 0):
   """Restores the latest checkpoint (if any), then runs steps [start, num_steps).
+
+  max_seconds > 0 also stops after that much wall-clock time (checkpointing the last step), for
+  comparisons at equal training time.
 
   step_fn(state, *const_args, batch, rng) -> (state, metrics). Returns the final state.
   """
@@ -70,6 +73,7 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
       out_shardings=(state_shardings, None))
   base_rng = jax.random.key(seed)
   bar = tqdm.tqdm(range(start, num_steps), initial=start, total=num_steps, desc=desc)
+  t_start = time.perf_counter()
   for step in bar:
     t0 = time.perf_counter()
     batch = jax.device_put(get_batch(step), batch_sharding)
@@ -80,7 +84,13 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
     if lead and ((step + 1) % log_every == 0 or step + 1 == num_steps):
       writer.write(step + 1, metrics)
     bar.set_postfix({k: f"{float(metrics[k]):.3f}" for k in postfix})
-    ckpt.save(step + 1, state, force=step + 1 == num_steps)
+    out_of_time = max_seconds > 0 and time.perf_counter() - t_start > max_seconds
+    ckpt.save(step + 1, state, force=step + 1 == num_steps or out_of_time)
+    if out_of_time:
+      logging.warning("%s: stopping at step %d after max_seconds=%g", desc, step + 1, max_seconds)
+      if (step + 1) % log_every:
+        writer.write(step + 1, metrics)
+      break
   ckpt.close()
   writer.close()
   return state
