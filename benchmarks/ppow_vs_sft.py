@@ -63,10 +63,11 @@ def main():
   ppow = ["configs/ppow.py", [*common, *budget, *shlex.split(a.ppow_args)]]
   sft = ["configs/sft.py", [*common, *budget, "--config.optim.warmup_steps=10",
                             "--config.optim.learning_rate=1e-3", *shlex.split(a.sft_args)]]
+  # +token-level and +PPOW start together, so they share the CPU alike.
   jobs = [
-      ("start", "configs/sft.py", [*common, "--config.train.num_steps=0"]),
       ("+token-level", sft[0], sft[1]),
       ("+PPOW", ppow[0], ppow[1]),
+      ("start", "configs/sft.py", [*common, "--config.train.num_steps=0"]),
       ("PPOW w/o R_dist", ppow[0], [*ppow[1], "--config.ppow.use_proximity=False"]),
       ("PPOW w/o windowing", ppow[0], [*ppow[1], "--config.ppow.windowing=False"]),
       ("PPOW w/o both", ppow[0], [*ppow[1], "--config.ppow.use_proximity=False",
@@ -85,7 +86,7 @@ def main():
       print(f"{name}: tau_k6={r['tau_k6']:.3f} tau_k10={r['tau_k10']:.3f} steps={r['num_steps']}",
             flush=True)
   rows = ["| drafter | steps | tau (K=6) | tau (K=10) |", "| --- | --- | --- | --- |"]
-  for name, _, _ in jobs:
+  for name in ["start", *[j[0] for j in jobs if j[0] != "start"]]:
     r = results[name]
     rows.append(f"| {name} | {r['num_steps']} | {r['tau_k6']:.3f} | {r['tau_k10']:.3f} |")
   table = "\n".join(rows)
