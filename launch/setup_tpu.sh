@@ -39,10 +39,16 @@ JAX_VERSION="$(sed -n 's/^jax==\([0-9.]*\).*/\1/p' "$REPO/requirements.txt")"
 [[ -n "$JAX_VERSION" ]] || die "no jax==VERSION pin in $REPO/requirements.txt"
 ARCHIVE="${TMPDIR:-/tmp}/ppow_jax-$NAME.tar.gz"
 
-# The tracked and untracked-but-not-ignored files: no venvs, runs or caches.
+# A git checkout: its tracked and untracked-but-not-ignored files; otherwise the tree minus venvs,
+# runs and caches.
 if [[ "$DRY_RUN" == 0 ]]; then
-  (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
-     | tar -czf "$ARCHIVE" --null -T -)
+  if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    (cd "$REPO" && git ls-files -z --cached --others --exclude-standard \
+       | tar -czf "$ARCHIVE" --null -T -)
+  else
+    tar -czf "$ARCHIVE" -C "$REPO" --exclude=.git --exclude=.venv --exclude=venv --exclude=runs \
+      --exclude=__pycache__ --exclude=.pytest_cache .
+  fi
 fi
 echo "# $ARCHIVE: this checkout ($REPO), for every worker"
 

@@ -161,11 +161,11 @@ def test_setup_copies_the_checkout_and_installs_pinned_jax_tpu(gcloud, tmp_path)
   archive = tmp_path / "ppow_jax-pod.tar.gz"
   assert calls[0] == ["compute", "tpus", "tpu-vm", "scp", str(archive), "pod:ppow_jax.tar.gz",
                       "--worker=all", "--zone=z", "--project=p"]
-  with tarfile.open(archive) as tar:
-    names = set(tar.getnames())
+  with tarfile.open(archive) as tar:  # (from git ls-files in a clone, else the tree)
+    names = {os.path.normpath(n) for n in tar.getnames()}
   assert {"ppow_jax/main.py", "requirements.txt", "launch/run_tpu.sh",
           "configs/targets/llama33_70b.py"} <= names
-  assert not any(n.startswith((".venv/", ".git/")) or "__pycache__" in n for n in names)
+  assert not any(n.split("/")[0] in (".venv", ".git") or "__pycache__" in n for n in names)
   jax_pin = next(line for line in (ROOT / "requirements.txt").read_text().splitlines()
                  if line.startswith("jax=="))
   setup = calls[1][-1]
