@@ -75,13 +75,15 @@ class LMDrafter:
     return out.cache.with_lengths(num_valid)
 
   def propose(self, params, state, ctx, rng, window, sp):
-    # Ingest [fresh_start, pos] through a static K+2 slot window (at most K+1 tokens were
-    # committed since the last proposal, plus the previous `last`); slots past pos are scratch
-    # whose cache entries are overwritten before anything attends to them.
-    width = window + 2
-    toks = window_slice(ctx.buf, ctx.fresh_start, width)
-    out = transformer.forward(self.cfg, params, toks, cache=state.with_lengths(ctx.fresh_start))
-    idx = ctx.pos - ctx.fresh_start
+    # Ingest only slots pos-1 and pos (a 2-token forward, not K+2): the engine commits an
+    # accepted prefix d_1..d_n of the last proposal plus one new token, and this drafter already
+    # fed `last`, d_1..d_{K-1} at their slots, so its cache holds the committed tokens below
+    # pos-1. Slot pos-1 is new only after a full acceptance (d_K); otherwise it is re-fed with
+    # the token it holds. A slot past pos is scratch, overwritten before anything attends to it.
+    start = jnp.maximum(ctx.pos - 1, ctx.fresh_start)
+    toks = window_slice(ctx.buf, start, 2)
+    out = transformer.forward(self.cfg, params, toks, cache=state.with_lengths(start))
+    idx = ctx.pos - start
     logits = jnp.take_along_axis(out.logits, idx[:, None, None], axis=1)[:, 0]
     cache = out.cache.with_lengths(ctx.pos + 1)
 
