@@ -29,7 +29,7 @@ def get_config():
       learning_rate=3e-3, warmup_steps=50, final_lr_fraction=0.1, b1=0.9, b2=0.95,
       weight_decay=0.0, grad_clip=1.0))
   c.train = ml_collections.ConfigDict(dict(
-      num_steps=600, batch_size=16, max_seconds=0,  # > 0: also stop after this much wall-clock time
+      num_steps=600, batch_size=16, max_seconds=0.0,  # > 0: also stop after this much wall-clock time
       log_every=10, checkpoint_every=100, keep_checkpoints=2))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.eval = ml_collections.ConfigDict(dict(
