@@ -1,4 +1,4 @@
-"""Pipeline stage 1: the stdlib corpus, the BPE tokenizer, packing, training and the target directory."""
+"""Pipeline stage 1: stdlib corpus, BPE tokenizer, packing, training, and the target directory."""
 
 import json
 import os
@@ -117,6 +117,14 @@ def test_train_step_lowers_loss_on_fixed_batch():
   assert float(m["targets"]) == 2 * 16 - 5
   assert losses[0] == pytest.approx(np.log(300), abs=0.3)  # Near-uniform at init.
   assert losses[-1] < 0.5 * losses[0]
+
+  # Greedy continuation: each new token is the argmax after the tokens before it (causal, so
+  # one forward over the result checks every step).
+  prompt = [int(t) for t in batch[0, :5]]
+  got = tl.greedy_continue(cfg, params, prompt, 4)
+  assert len(got) == 4
+  logits = transformer.forward(cfg, params, jnp.asarray(prompt + got)[None]).logits
+  assert [int(t) for t in jnp.argmax(logits[0, 4:-1], axis=-1)] == got
 
 
 def test_train_target_writes_loadable_dir_and_rerun_skips(small_docs, tmp_path, monkeypatch):
