@@ -46,6 +46,7 @@ def get_config():
   sft.data.update(dict(num_samples=512, num_heldout=16, max_new_tokens=96, seq_len=160,
                        temperature=0.7, max_prompt_len=64))
   sft.train.update(dict(num_steps=300, batch_size=16, checkpoint_every=50))
+  sft.optim.update(dict(learning_rate=3e-3, warmup_steps=50))
   sft.eval.update(dict(num_prompts=16, windows=(6,), max_new_tokens=64))
   c.sft = sft
 
