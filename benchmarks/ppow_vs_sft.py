@@ -50,6 +50,7 @@ def main():
   ap.add_argument("--seq_len", type=int, default=128)
   ap.add_argument("--ppow_args", default="")
   ap.add_argument("--sft_args", default="")
+  ap.add_argument("--skip", default="", help="comma-separated run names to leave out")
   a = ap.parse_args()
   os.makedirs(a.out, exist_ok=True)
   secs = str(a.minutes * 60)
@@ -73,6 +74,8 @@ def main():
       ("PPOW w/o both", ppow[0], [*ppow[1], "--config.ppow.use_proximity=False",
                                   "--config.ppow.windowing=False"]),
   ]
+  skip = {x.strip() for x in a.skip.split(",") if x.strip()}
+  jobs = [j for j in jobs if j[0] not in skip]
   results = {}
   with concurrent.futures.ThreadPoolExecutor(a.parallel) as pool:
     futs = []
@@ -87,6 +90,8 @@ def main():
             flush=True)
   rows = ["| drafter | steps | tau (K=6) | tau (K=10) |", "| --- | --- | --- | --- |"]
   for name in ["start", *[j[0] for j in jobs if j[0] != "start"]]:
+    if name not in results:
+      continue
     r = results[name]
     rows.append(f"| {name} | {r['num_steps']} | {r['tau_k6']:.3f} | {r['tau_k10']:.3f} |")
   table = "\n".join(rows)
