@@ -8,21 +8,13 @@ Writes workdir/export (EAGLE-3 layout), metrics.jsonl, tensorboard/ and eval.jso
 
 from __future__ import annotations
 
-import os
-
 import jax
 import optax
 
-from ppow_jax import run_files
 from ppow_jax.data.selfdistill import SequenceData
-from ppow_jax.eagle3 import model as e3
 from ppow_jax.eagle3 import ttt
 from ppow_jax.models import transformer
-from ppow_jax.parallel import sharding
 from ppow_jax.training import drafter_run
-from ppow_jax.training import loop
-from ppow_jax.training.checkpoints import Checkpointer
-from ppow_jax.training.metrics import MetricWriter
 
 
 def make_train_step(tcfg, dcfg, optimizer, *, steps: int, decay: float):
@@ -59,34 +51,8 @@ def run(config, workdir: str):
   t = config.train
   data = SequenceData(train, seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed)
 
-  mesh = sharding.make_mesh(dict(config.mesh))
-  optimizer = drafter_run.make_optimizer(config.optim, t.num_steps)
-  state, state_sh = loop.init_state(
-      optimizer, drafter.params(), sharding.tree_shardings(drafter.params(), e3.LOGICAL_AXES, mesh),
-      mesh)
-  target_params = target.params()
-  target_sh = sharding.tree_shardings(target_params, transformer.LOGICAL_AXES, mesh)
-  repl = sharding.replicated(mesh)
-  step_fn = make_train_step(target.cfg, dcfg, optimizer, steps=config.ttt.steps,
-                            decay=config.ttt.decay)
-  state = loop.run_loop(
-      step_fn, state, state_sh, const_args=(jax.device_put(target_params, target_sh),
-                                            jax.device_put(drafter.d2t[...], repl)),
-      const_shardings=(target_sh, repl), get_batch=data.batch,
-      batch_sharding=sharding.batch_sharding(mesh, 2), num_steps=t.num_steps,
-      max_seconds=t.max_seconds, seed=config.seed,
-      ckpt=Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=t.checkpoint_every,
-                        keep=t.keep_checkpoints),
-      writer=MetricWriter(workdir), log_every=t.log_every, desc="sft", postfix=("loss",))
-
-  drafter = drafter_run.with_params(drafter, state["params"])
-  drafter_run.export(drafter, os.path.join(workdir, "export"))
-  result = {"num_steps": int(state["step"])}
-  if config.eval.windows:
-    prompts = drafter_run.eval_prompts(config, target, heldout)
-    result.update(drafter_run.measure_tau(
-        target, drafter, prompts, windows=tuple(config.eval.windows),
-        max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size))
-  run_files.write_json(os.path.join(workdir, "eval.json"), result)
-  print("sft:", result)
-  return result
+  make_step = lambda optimizer: make_train_step(target.cfg, dcfg, optimizer, steps=config.ttt.steps,
+                                                decay=config.ttt.decay)
+  state = drafter_run.train(config, workdir, target, drafter, make_step, data.batch, desc="sft",
+                            postfix=("loss",))
+  return drafter_run.finish(config, workdir, target, drafter, state, heldout, "sft")

@@ -20,7 +20,12 @@ from ppow_jax.eagle3 import model as e3
 from ppow_jax.eagle3.checkpoint import load_eagle3, save_eagle3
 from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
 from ppow_jax.eagle3.vocab import build_vocab_maps
-from ppow_jax.models import hf_checkpoint
+from ppow_jax import run_files
+from ppow_jax.models import hf_checkpoint, transformer
+from ppow_jax.parallel import sharding
+from ppow_jax.training import loop
+from ppow_jax.training.checkpoints import Checkpointer
+from ppow_jax.training.metrics import MetricWriter
 
 
 @dataclasses.dataclass
@@ -140,3 +145,44 @@ def measure_tau(target: Target, drafter: e3.Eagle3Drafter, prompt_ids, *, window
                         desc=f"tau K={k}")
     out[f"tau_k{k}"] = runner.summarize(res, ["all"] * len(res))["mean_accept_length"]
   return out
+
+
+def train(config, workdir: str, target: Target, drafter: e3.Eagle3Drafter, make_step, get_batch,
+          *, desc: str, postfix: tuple):
+  """Places the drafter's train state and the frozen target on the config's mesh, then runs
+  `make_step(optimizer)` (a pure step) through the resume-first loop. Returns the final state."""
+  t = config.train
+  rules = sharding.rules_from_config(config)
+  n = config.mesh.get("num_devices", 0)  # 0 = every device
+  mesh = sharding.make_mesh(sharding.mesh_shape(config), jax.devices()[:n] if n else None)
+  optimizer = make_optimizer(config.optim, t.num_steps)
+  drafter_sh = sharding.tree_shardings(drafter.params(), e3.LOGICAL_AXES, mesh, rules)
+  state, state_sh = loop.init_state(optimizer, drafter.params(), drafter_sh, mesh)
+  target_params = target.params()
+  target_sh = sharding.tree_shardings(target_params, transformer.LOGICAL_AXES, mesh, rules)
+  repl = sharding.replicated(mesh)
+  return loop.run_loop(
+      make_step(optimizer), state, state_sh,
+      const_args=(jax.device_put(target_params, target_sh), jax.device_put(drafter.d2t[...], repl)),
+      const_shardings=(target_sh, repl), get_batch=get_batch,
+      batch_sharding=sharding.batch_sharding(mesh, 2, rules), num_steps=t.num_steps,
+      max_seconds=t.max_seconds, seed=config.seed,
+      ckpt=Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=t.checkpoint_every,
+                        keep=t.keep_checkpoints),
+      writer=MetricWriter(workdir), log_every=t.log_every, desc=desc, postfix=postfix)
+
+
+def finish(config, workdir: str, target: Target, drafter: e3.Eagle3Drafter, state, heldout,
+           desc: str) -> dict:
+  """Exports the trained drafter and writes eval.json (greedy tau on held-out prompts)."""
+  drafter = with_params(drafter, state["params"])
+  if jax.process_index() == 0:
+    export(drafter, os.path.join(workdir, "export"))
+  result = {"num_steps": int(state["step"])}
+  if config.eval.windows:
+    result.update(measure_tau(
+        target, drafter, eval_prompts(config, target, heldout), windows=tuple(config.eval.windows),
+        max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size))
+  run_files.write_json(os.path.join(workdir, "eval.json"), result)
+  print(f"{desc}:", result)
+  return result
