@@ -29,6 +29,19 @@ def _stage_done(path: str) -> dict | None:
   return None
 
 
+def _cached_stage(run_fn, cfg, stage_dir: str, name: str, timings: dict, banner: str) -> dict:
+  """Runs a training stage unless its eval.json exists; records its wall time."""
+  done = _stage_done(os.path.join(stage_dir, "eval.json"))
+  if done is not None:
+    print(f"{banner}: done (cached)")
+    return done
+  print(banner)
+  t0 = time.perf_counter()
+  result = run_fn(cfg, stage_dir)
+  timings[name] = time.perf_counter() - t0
+  return result
+
+
 def target_settings(config) -> target_lm.TargetLMSettings:
   return target_lm.TargetLMSettings(**config.target_lm.to_dict())
 
@@ -76,26 +89,14 @@ def run(config, workdir: str):
   # 2-3. Self-distillation data and the token-level drafter.
   from ppow_jax.modes import eval as eval_mode, ppow, sft  # Deferred: heavy imports.
   sft_cfg, sft_dir = configure(config.sft, "sft")
-  sft_result = _stage_done(os.path.join(sft_dir, "eval.json"))
-  if sft_result is None:
-    print("[2/5] self-distillation data + [3/5] token-level EAGLE-3 drafter")
-    t0 = time.perf_counter()
-    sft_result = sft.run(sft_cfg, sft_dir)
-    timings["sft"] = time.perf_counter() - t0
-  else:
-    print("[2-3/5] token-level drafter: done (cached)")
+  sft_result = _cached_stage(sft.run, sft_cfg, sft_dir, "sft", timings,
+                             "[2/5] self-distillation data + [3/5] token-level EAGLE-3 drafter")
 
   # 4. PPOW.
   ppow_cfg, ppow_dir = configure(config.ppow, "ppow")
   ppow_cfg.drafter.init_from = os.path.join(sft_dir, "export")
-  ppow_result = _stage_done(os.path.join(ppow_dir, "eval.json"))
-  if ppow_result is None:
-    print("[4/5] PPOW fine-tuning")
-    t0 = time.perf_counter()
-    ppow_result = ppow.run(ppow_cfg, ppow_dir)
-    timings["ppow"] = time.perf_counter() - t0
-  else:
-    print("[4/5] PPOW: done (cached)")
+  ppow_result = _cached_stage(ppow.run, ppow_cfg, ppow_dir, "ppow", timings,
+                              "[4/5] PPOW fine-tuning")
 
   # 5. Evaluation report.
   eval_cfg = config.eval.copy_and_resolve_references()
