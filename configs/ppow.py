@@ -17,10 +17,11 @@ def get_config():
   c.workdir = ""
   c.seed = 0
   c.target = ml_collections.ConfigDict(dict(path="", dtype=""))
-  c.drafter = ml_collections.ConfigDict(dict(init_from="", draft_vocab_size=0))
+  # aux_layers: see configs/sft.py (used only for a fresh drafter; an export keeps its own).
+  c.drafter = ml_collections.ConfigDict(dict(init_from="", draft_vocab_size=0, aux_layers=""))
   c.data = ml_collections.ConfigDict(dict(
       dir="", prompts="", num_samples=1024, num_heldout=32, max_prompt_len=128,
-      max_new_tokens=127, temperature=1.0, gen_batch_size=64, seq_len=128))
+      max_new_tokens=127, heldout_temperature=1.0, temperature=1.0, gen_batch_size=64, seq_len=128))
   c.ppow = ml_collections.ConfigDict(dict(
       window=10,  # K draft tokens per window
       group_size=8,  # G windows sampled per prefix

@@ -10,9 +10,8 @@ WORKDIR/export in the EAGLE-3 layout; eval.json holds greedy tau on held-out pro
 Defaults are tuned for stories260k on a 2-core CPU (~15 minutes): 4096 self-distilled sequences of
 128 tokens sampled at temperature 0.7, 1400 steps of 16 x 128 at learning rate 1e-2, eval within
 the trained length (16-token prompts + 112 new tokens = 128). Greedy tau at K=6 is ~3.3 on
-prompts cut from temperature-1 samples; eval.json reads higher (~4.3) because its held-out
-prompts are sampled at data.temperature too, and at 0.7 many share their first 16 tokens with
-training sequences. For a large target raise seq_len and max_new_tokens (e.g. 2048) and lower
+held-out prompts cut from sequences sampled at data.heldout_temperature (1.0: at the data's 0.7
+most would repeat training openings and read ~4.3). For a large target raise seq_len and max_new_tokens (e.g. 2048) and lower
 the learning rate (e.g. 1e-4 to 3e-4).
 """
 
@@ -27,11 +26,14 @@ def get_config():
   c.target = ml_collections.ConfigDict(dict(path="", dtype=""))
   c.drafter = ml_collections.ConfigDict(dict(
       init_from="",  # an EAGLE-3 export to start from ("" = fresh)
-      draft_vocab_size=0))  # 0 = the target's full vocabulary
+      draft_vocab_size=0,  # 0 = the target's full vocabulary
+      # Target residual streams fed to the drafter, e.g. "1,3,5" (after that many layers);
+      # "" = vLLM/SGLang's default (2, L//2, L-3).
+      aux_layers=""))
   c.data = ml_collections.ConfigDict(dict(
       dir="",  # "" = WORKDIR/data; share it between runs to generate once
       prompts="", num_samples=4096, num_heldout=32, max_prompt_len=128,
-      max_new_tokens=127, temperature=0.7, gen_batch_size=64, seq_len=128))
+      max_new_tokens=127, heldout_temperature=1.0, temperature=0.7, gen_batch_size=64, seq_len=128))
   c.ttt = ml_collections.ConfigDict(dict(steps=7, decay=0.8))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-2, warmup_steps=50, final_lr_fraction=0.1, b1=0.9, b2=0.95,

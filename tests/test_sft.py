@@ -215,6 +215,36 @@ def test_run_writes_metrics_export_and_eval(reference, target):
           drafter_run.selfdistill.token_counts(train, target.cfg.vocab_size), 128)[0])
 
 
+def test_heldout_temperature_and_stale_data_cache(reference, target, data_dir):
+  """Held-out sequences are sampled at data.heldout_temperature, training ones at
+  data.temperature; a cache made with other settings is refused by name, not silently reused."""
+  _, config, _ = reference
+  with open(os.path.join(data_dir, "selfdistill-train.array_record.meta.json")) as f:
+    assert json.load(f)["temperature"] == config.data.temperature == 0.7
+  with open(os.path.join(data_dir, "selfdistill-heldout.array_record.meta.json")) as f:
+    assert json.load(f)["temperature"] == config.data.heldout_temperature == 1.0
+  stale = config.copy_and_resolve_references()
+  stale.data.temperature = 0.5
+  with pytest.raises(ValueError, match=r"selfdistill-train.array_record.meta.json.*temperature"):
+    drafter_run.prepare_data(stale, drafter_run.Target(target, None), "unused")
+  stale = config.copy_and_resolve_references()
+  stale.data.num_samples = 20
+  with pytest.raises(ValueError, match="num_records=20.*asks for 16"):
+    drafter_run.prepare_data(stale, drafter_run.Target(target, None), "unused")
+
+
+def test_aux_layers_config(reference, target):
+  _, config, _ = reference
+  train, _ = drafter_run.prepare_data(config, drafter_run.Target(target, None), "unused")
+  c = config.copy_and_resolve_references()
+  c.drafter.aux_layers = "1,3,5"
+  assert drafter_run.init_drafter(c, drafter_run.Target(target, None), train).cfg.aux_layers == (1, 3, 5)
+  for bad in ("1,3", "0,2,4", "1,3,6", "a,b,c"):
+    c.drafter.aux_layers = bad
+    with pytest.raises(ValueError, match=f"drafter.aux_layers='{bad}'"):
+      drafter_run.init_drafter(c, drafter_run.Target(target, None), train)
+
+
 def test_export_decodes_losslessly(reference, target):
   workdir, config, _ = reference
   tp = target.params()

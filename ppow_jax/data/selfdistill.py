@@ -45,9 +45,19 @@ def generate(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], out
   Skips the work if `out_path` and its `.meta.json` already exist (a finished stage is cached).
   """
   meta_path = out_path + ".meta.json"
+  want = {"num_records": len(prompt_ids), "max_new_tokens": max_new_tokens,
+          "temperature": temperature, "seed": seed}
   if os.path.exists(out_path) and os.path.exists(meta_path):
     with open(meta_path) as f:
-      return json.load(f)
+      meta = json.load(f)
+    # A cache made with other settings would silently train on the wrong data: refuse it.
+    for field, value in want.items():
+      if field in meta and meta[field] != value:
+        raise ValueError(
+            f"{meta_path}: cached self-distillation data has {field}={meta[field]!r}, this run "
+            f"asks for {value!r}; point data.dir at a new directory (or delete {out_path} and "
+            "its .meta.json to regenerate)")
+    return meta
   settings = runner.DecodeSettings(window=0, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                    seed=seed, sp=sampling.SamplingParams(temperature=temperature,
                                                                          top_p=top_p))
@@ -55,9 +65,7 @@ def generate(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], out
   records = [np.asarray([len(p), *p, *r.output_token_ids], np.int32)
              for p, r in zip(prompt_ids, results)]
   write_records(out_path, records)
-  meta = {"num_records": len(records), "num_response_tokens":
-          int(sum(len(r.output_token_ids) for r in results)), "max_new_tokens": max_new_tokens,
-          "temperature": temperature, "seed": seed}
+  meta = {**want, "num_response_tokens": int(sum(len(r.output_token_ids) for r in results))}
   run_files.write_json(meta_path, meta)
   return meta
 

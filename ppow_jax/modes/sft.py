@@ -37,7 +37,7 @@ def make_train_step(tcfg, dcfg, optimizer, *, steps: int, decay: float):
     (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **m}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **m}
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   return train_step

@@ -119,7 +119,7 @@ def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
       params, opt_state = carry
       (loss, lm), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       updates, opt_state = optimizer.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), (loss, lm, optax.global_norm(grads))
+      return (optax.apply_updates(params, updates), opt_state), (loss, lm, optax.tree.norm(grads))
 
     (params, opt_state), (loss, lm, gnorm) = jax.lax.scan(
         epoch, (state["params"], state["opt_state"]), None, length=s.ppo_epochs)

@@ -72,12 +72,15 @@ def prepare_data(config, target: Target, workdir: str):
   if len(ids) <= d.num_heldout:
     raise ValueError(f"data: {len(ids)} prompts, not more than data.num_heldout={d.num_heldout}")
   splits = {"train": ids[:len(ids) - d.num_heldout], "heldout": ids[len(ids) - d.num_heldout:]}
+  # Held-out sequences use their own temperature (default 1): sampled at a low data temperature
+  # they would mostly repeat training openings and flatter the drafter.
+  temps = {"train": d.temperature, "heldout": d.get("heldout_temperature", d.temperature)}
   records = {}
   for name, split_ids in splits.items():
     path = os.path.join(out, f"selfdistill-{name}.array_record")
     meta = selfdistill.generate(
         target.cfg, target.params(), split_ids, path, max_new_tokens=d.max_new_tokens,
-        temperature=d.temperature, batch_size=d.gen_batch_size,
+        temperature=temps[name], batch_size=d.gen_batch_size,
         seed=config.seed + (0 if name == "train" else 7919))
     logging.info("self-distillation %s: %s", name, meta)
     records[name] = selfdistill.read_records(path)
@@ -94,13 +97,28 @@ def eval_prompts(config, target: Target, heldout) -> list[list[int]]:
   return [r[1:1 + max(int(r[0]), e.prompt_len)].tolist() for r in heldout[:e.num_prompts]]
 
 
+def parse_aux_layers(spec, num_layers: int) -> tuple[int, int, int]:
+  """drafter.aux_layers "1,3,5" -> (1, 3, 5): three residual streams, each in [1, num_layers]."""
+  try:
+    layers = tuple(int(x) for x in str(spec).replace(" ", "").split(",") if x)
+  except ValueError:
+    raise ValueError(f"drafter.aux_layers={spec!r}: expected three comma-separated integers") from None
+  if len(layers) != 3 or not all(1 <= i <= num_layers for i in layers):
+    raise ValueError(f"drafter.aux_layers={spec!r}: expected three layer indices in "
+                     f"[1, {num_layers}] (the residual stream after that many target layers)")
+  return layers
+
+
 def init_drafter(config, target: Target, train_records) -> e3.Eagle3Drafter:
   """A fresh drafter (vocabulary maps from the data's token counts), or `drafter.init_from`."""
   if config.drafter.init_from:
     return load_eagle3(config.drafter.init_from, target.cfg)
   v = target.cfg.vocab_size
   vd = config.drafter.draft_vocab_size or v
-  cfg = e3.Eagle3Config.from_target(target.cfg, draft_vocab_size=vd)
+  overrides = {}
+  if config.drafter.get("aux_layers"):
+    overrides["aux_layers"] = parse_aux_layers(config.drafter.aux_layers, target.cfg.num_layers)
+  cfg = e3.Eagle3Config.from_target(target.cfg, draft_vocab_size=vd, **overrides)
   drafter = e3.Eagle3Drafter(cfg, rngs=nnx.Rngs(config.seed))
   d2t, t2d = build_vocab_maps(selfdistill.token_counts(train_records, v), vd)
   drafter.set_vocab_maps(d2t, t2d)
