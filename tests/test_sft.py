@@ -215,22 +215,29 @@ def test_run_writes_metrics_export_and_eval(reference, target):
           drafter_run.selfdistill.token_counts(train, target.cfg.vocab_size), 128)[0])
 
 
-def test_heldout_temperature_and_stale_data_cache(reference, target, data_dir):
+def test_heldout_temperature_and_stale_data_cache(reference, target, data_dir, caplog,
+                                                  monkeypatch):
   """Held-out sequences are sampled at data.heldout_temperature, training ones at
-  data.temperature; a cache made with other settings is refused by name, not silently reused."""
+  data.temperature; a cache made with other settings is reused as it is, with a warning that
+  names the file and the fields."""
   _, config, _ = reference
   with open(os.path.join(data_dir, "selfdistill-train.array_record.meta.json")) as f:
     assert json.load(f)["temperature"] == config.data.temperature == 0.7
   with open(os.path.join(data_dir, "selfdistill-heldout.array_record.meta.json")) as f:
     assert json.load(f)["temperature"] == config.data.heldout_temperature == 1.0
+  train, heldout = drafter_run.prepare_data(config, drafter_run.Target(target, None), "unused")
+  assert "reusing cached" not in caplog.text
   stale = config.copy_and_resolve_references()
-  stale.data.temperature = 0.5
-  with pytest.raises(ValueError, match=r"selfdistill-train.array_record.meta.json.*temperature"):
-    drafter_run.prepare_data(stale, drafter_run.Target(target, None), "unused")
-  stale = config.copy_and_resolve_references()
-  stale.data.num_samples = 20
-  with pytest.raises(ValueError, match="num_records=20.*asks for 16"):
-    drafter_run.prepare_data(stale, drafter_run.Target(target, None), "unused")
+  stale.data.update(temperature=0.5, num_samples=20)
+  def no_decode(*a, **k):
+    raise AssertionError("the cache was regenerated")
+  monkeypatch.setattr(drafter_run.selfdistill.runner, "decode", no_decode)
+  train2, heldout2 = drafter_run.prepare_data(stale, drafter_run.Target(target, None), "unused")
+  assert [r.tolist() for r in train2] == [r.tolist() for r in train]
+  assert [r.tolist() for r in heldout2] == [r.tolist() for r in heldout]
+  assert "selfdistill-train.array_record.meta.json: reusing cached" in caplog.text
+  assert "num_records=20, temperature=0.7; this config asks for num_records=16, temperature=0.5" \
+      in caplog.text
 
 
 def test_aux_layers_config(reference, target):

@@ -14,6 +14,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+from absl import logging
 from array_record.python import array_record_data_source, array_record_module
 
 from ppow_jax import run_files
@@ -50,13 +51,15 @@ def generate(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], out
   if os.path.exists(out_path) and os.path.exists(meta_path):
     with open(meta_path) as f:
       meta = json.load(f)
-    # A cache made with other settings would silently train on the wrong data: refuse it.
-    for field, value in want.items():
-      if field in meta and meta[field] != value:
-        raise ValueError(
-            f"{meta_path}: cached self-distillation data has {field}={meta[field]!r}, this run "
-            f"asks for {value!r}; point data.dir at a new directory (or delete {out_path} and "
-            "its .meta.json to regenerate)")
+    # A shared data.dir is reused as it is (e.g. PPOW on its SFT run's data); say loudly when
+    # it was made with other settings than this config's, so results are not misread.
+    stale = {f: (meta[f], v) for f, v in want.items() if f in meta and meta[f] != v}
+    if stale:
+      logging.warning("%s: reusing cached self-distillation data made with %s; this config asks "
+                      "for %s (use another data.dir to regenerate)", meta_path,
+                      ", ".join(f"{f}={a!r}" for f, (a, _) in stale.items()),
+                      ", ".join(f"{f}={b!r}" for f, (_, b) in stale.items()))
+      meta = {**meta, "config_mismatch": sorted(stale)}
     return meta
   settings = runner.DecodeSettings(window=0, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                    seed=seed, sp=sampling.SamplingParams(temperature=temperature,
