@@ -34,7 +34,10 @@ def get_config():
       windowing_start=20,  # uniform prefixes before this step
       clip_eps=0.2, beta=0.1,  # PPO clip; KL(P_target || Q) coefficient
       aux_coef=1.0,  # token-level soft cross-entropy on the window tokens
-      loss_tokens="through_first_reject",  # or "all"
+      loss_tokens="through_first_reject",  # policy-gradient tokens: or "all"
+      # KL / soft-CE tokens: "all" also anchors the slots after the first rejection to the
+      # target (the target verified them; the drafter conditions on them in longer windows).
+      anchor_tokens="through_first_reject",
       ppo_epochs=2, temperature=1.0))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=5e-5, warmup_steps=10, final_lr_fraction=0.1, b1=0.9, b2=0.95,

@@ -272,3 +272,28 @@ def test_ppow_loss_combines_terms():
   # KL and CE gradients reach the draft logits only at unmasked positions
   g = np.asarray(jax.grad(lambda d: f(logp_new, d)[0])(draft))
   assert np.all(g[0, 2] == 0.0) and np.any(g[0, 1] != 0.0)
+
+
+def test_ppow_loss_anchor_mask_widens_kl_and_ce_only():
+  """anchor_tokens="all": KL and soft CE cover every slot, the policy term keeps its own mask."""
+  rng = np.random.default_rng(2)
+  target = rng.normal(size=(2, 3, 4)).astype(np.float32)
+  draft = rng.normal(size=(2, 3, 4)).astype(np.float32)
+  logp_old = rng.normal(size=(2, 3)).astype(np.float32) - 1.0
+  logp_new = logp_old + 0.1
+  adv = np.array([1.0, -1.0], np.float32)
+  mask = objective.loss_token_mask(jnp.array([0, 3]), 3, "through_first_reject")
+  anchor = objective.loss_token_mask(jnp.array([0, 3]), 3, "all")
+  loss, m = objective.ppow_loss(logp_new, logp_old, adv, mask, draft, target, clip_eps=0.2,
+                                beta=0.1, aux_coef=0.5, anchor_mask=anchor)
+  pl, _ = objective.clipped_policy_loss(logp_new, logp_old, adv, mask, 0.2)
+  kl_all = objective.kl_to_target(draft, target)
+  ce_all = objective.soft_cross_entropy(draft, target)
+  assert not np.isclose(kl_all, objective.kl_to_target(draft, target, mask))
+  np.testing.assert_allclose([m["policy_loss"], m["kl"], m["aux_ce"]], [pl, kl_all, ce_all],
+                             rtol=1e-5)
+  np.testing.assert_allclose(loss, pl + 0.1 * kl_all + 0.5 * ce_all, rtol=1e-5)
+  g = np.asarray(jax.grad(lambda d: objective.ppow_loss(
+      logp_new, logp_old, adv, mask, d, target, clip_eps=0.2, beta=0.1, aux_coef=0.5,
+      anchor_mask=anchor)[0])(draft))
+  assert np.all(g[0, 2] != 0.0)  # after window 0's first rejection: anchored all the same

@@ -22,7 +22,8 @@ def settings_from_config(config) -> PPOWSettings:
       min_prefix=p.min_prefix, gamma=p.gamma, eta=p.eta, epsilon=p.epsilon,
       use_proximity=p.use_proximity, windowing=p.windowing, windowing_mode=p.windowing_mode,
       windowing_start=p.windowing_start, clip_eps=p.clip_eps, beta=p.beta, aux_coef=p.aux_coef,
-      loss_tokens=p.loss_tokens, ppo_epochs=p.ppo_epochs, temperature=p.temperature)
+      loss_tokens=p.loss_tokens, anchor_tokens=p.anchor_tokens,
+      ppo_epochs=p.ppo_epochs, temperature=p.temperature)
 
 
 def run(config, workdir: str):

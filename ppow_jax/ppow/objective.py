@@ -91,16 +91,18 @@ def soft_cross_entropy(draft_logits, target_logits, mask=None):
 
 
 def ppow_loss(logp_new, logp_old, advantages, mask, draft_logits, target_logits, *, clip_eps,
-              beta, aux_coef):
+              beta, aux_coef, anchor_mask=None):
   """PPOW loss = −clipped objective + beta·KL(P_target ‖ Q_draft) + aux_coef·soft CE.
 
-  logp_*: [..., K] drafter log-probs of the window tokens; advantages [...]; mask [..., K];
+  logp_*: [..., K] drafter log-probs of the window tokens; advantages [...]; mask [..., K] for
+  the policy term; anchor_mask [..., K] for the KL and soft-CE terms (default: mask);
   draft_logits / target_logits [..., K, V] at the window positions. Returns (loss, metrics) with
   metrics policy_loss, kl, clip_fraction, aux_ce.
   """
   policy_loss, clip_fraction = clipped_policy_loss(logp_new, logp_old, advantages, mask, clip_eps)
-  kl = kl_to_target(draft_logits, target_logits, mask)
-  aux_ce = soft_cross_entropy(draft_logits, target_logits, mask)
+  anchor_mask = mask if anchor_mask is None else anchor_mask
+  kl = kl_to_target(draft_logits, target_logits, anchor_mask)
+  aux_ce = soft_cross_entropy(draft_logits, target_logits, anchor_mask)
   loss = policy_loss + beta * kl + aux_coef * aux_ce
   metrics = {"policy_loss": policy_loss, "kl": kl, "clip_fraction": clip_fraction,
              "aux_ce": aux_ce}

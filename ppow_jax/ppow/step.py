@@ -38,7 +38,8 @@ class PPOWSettings:
   clip_eps: float = 0.2
   beta: float = 0.02
   aux_coef: float = 0.1
-  loss_tokens: str = "through_first_reject"
+  loss_tokens: str = "through_first_reject"  # policy-gradient tokens
+  anchor_tokens: str = "through_first_reject"  # KL / soft-CE tokens ("all": every window slot)
   ppo_epochs: int = 1
   temperature: float = 1.0
 
@@ -106,6 +107,7 @@ def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
                                     use_proximity=s.use_proximity)
     adv = objective.group_advantages(reward.reshape(-1, g)).reshape(-1)
     mask = objective.loss_token_mask(k, k_win, s.loss_tokens) & row_ok[:, None]
+    anchor_mask = objective.loss_token_mask(k, k_win, s.anchor_tokens) & row_ok[:, None]
     target_window = jax.lax.stop_gradient(vlogits[:, :-1])
 
     def loss_fn(params):
@@ -113,7 +115,8 @@ def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
       _, logits_new, logp_new = rollout.draft_windows(
           dcfg, params, embed, d2t, v, dp_new, seq, prefix, k_win, tokens=draft)
       return objective.ppow_loss(logp_new, logp_old, adv, mask, logits_new, target_window,
-                                 clip_eps=s.clip_eps, beta=s.beta, aux_coef=s.aux_coef)
+                                 clip_eps=s.clip_eps, beta=s.beta, aux_coef=s.aux_coef,
+                                 anchor_mask=anchor_mask)
 
     def epoch(carry, _):
       params, opt_state = carry
