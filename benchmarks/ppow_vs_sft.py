@@ -51,6 +51,9 @@ def main():
   ap.add_argument("--ppow_args", default="")
   ap.add_argument("--sft_args", default="")
   ap.add_argument("--skip", default="", help="comma-separated run names to leave out")
+  ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                  help='an extra PPOW run, e.g. "anchor all=--config.ppow.anchor_tokens=all"')
+  ap.add_argument("--eval_prompts", type=int, default=32, help="held-out prompts to measure on")
   a = ap.parse_args()
   os.makedirs(a.out, exist_ok=True)
   secs = str(a.minutes * 60)
@@ -58,7 +61,8 @@ def main():
             f"--config.data.dir={os.path.abspath(a.data_dir)}",
             f"--config.drafter.init_from={os.path.abspath(a.start)}",
             f"--config.data.seq_len={a.seq_len}", f"--config.data.max_new_tokens={a.seq_len - 1}",
-            "--config.eval.windows=(6,10)", "--config.eval.max_new_tokens=96"]
+            "--config.eval.windows=(6,10)", "--config.eval.max_new_tokens=96",
+            f"--config.eval.num_prompts={a.eval_prompts}"]
   budget = ["--config.train.num_steps=100000", f"--config.train.max_seconds={secs}",
             "--config.train.checkpoint_every=1000"]
   ppow = ["configs/ppow.py", [*common, *budget, *shlex.split(a.ppow_args)]]
@@ -74,6 +78,11 @@ def main():
       ("PPOW w/o both", ppow[0], [*ppow[1], "--config.ppow.use_proximity=False",
                                   "--config.ppow.windowing=False"]),
   ]
+  for v in a.variant:
+    name, sep, extra = v.partition("=")
+    if not sep or not name.strip():
+      ap.error(f"--variant {v!r}: expected NAME=ARGS")
+    jobs.append((name.strip(), ppow[0], [*ppow[1], *shlex.split(extra)]))
   skip = {x.strip() for x in a.skip.split(",") if x.strip()}
   jobs = [j for j in jobs if j[0] not in skip]
   results = {}

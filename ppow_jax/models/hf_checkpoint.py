@@ -78,7 +78,8 @@ class _Reader:
   def has(self, name):
     return name in self.where
 
-  def get(self, name, shape, transpose, dtype):
+  def view(self, name, shape, transpose):
+    """The tensor as a memory-mapped view in our layout (nothing is read yet), checked."""
     if name not in self.where:
       raise CheckpointError(f"{self.path}: missing tensor {name!r}")
     fname = self.where[name]
@@ -98,39 +99,83 @@ class _Reader:
       got = arr.T.shape if transpose else arr.shape
       want = tuple(reversed(shape)) if transpose else tuple(shape)
       raise CheckpointError(f"{fname}: tensor {name!r} has shape {tuple(got)}, expected {want}")
-    return np.asarray(arr, dtype=dtype)
+    return arr
 
 
-def load_params(path: str, cfg: ModelConfig) -> dict:
-  """Reads the weights of `cfg`'s architecture from a HF directory as a params pytree (numpy)."""
+class _Leaf:
+  """One params leaf, read lazily: a single view, or per-layer views stacked on axis 0."""
+
+  def __init__(self, views, stacked: bool, dtype):
+    self.views, self.stacked, self.dtype = views, stacked, dtype
+    self.shape = ((len(views),) if stacked else ()) + tuple(views[0].shape)
+
+  def read(self, index=()) -> np.ndarray:
+    """The slice `index` (a tuple of slices, as jax.make_array_from_callback passes) as dtype."""
+    index = tuple(index) + (slice(None),) * (len(self.shape) - len(tuple(index)))
+    if not self.stacked:
+      return np.asarray(self.views[0][index], dtype=self.dtype)
+    rows = range(len(self.views))[index[0]]
+    return np.stack([np.asarray(self.views[i][index[1:]], dtype=self.dtype) for i in rows])
+
+
+def _leaves(path: str, cfg: ModelConfig) -> dict:
   reader = _Reader(path)
   dtype = np.dtype(cfg.jnp_dtype)
   h, v = cfg.hidden_size, cfg.vocab_size
+  leaf = lambda name, shape, transpose: _Leaf([reader.view(name, shape, transpose)], False, dtype)
   params = {
-      "embed": reader.get("model.embed_tokens.weight", (v, h), False, dtype),
-      "final_norm": reader.get("model.norm.weight", (h,), False, dtype),
+      "embed": leaf("model.embed_tokens.weight", (v, h), False),
+      "final_norm": leaf("model.norm.weight", (h,), False),
   }
   if not cfg.tie_word_embeddings:
-    params["lm_head"] = reader.get("lm_head.weight", (h, v), True, dtype)
+    params["lm_head"] = leaf("lm_head.weight", (h, v), True)
   shapes = layer_param_shapes(cfg)
   layers = {}
   for hf_suffix, (name, transpose) in LAYER_TABLE.items():
     if name not in shapes:
       continue
-    per_layer = [reader.get(f"model.layers.{i}.{hf_suffix}", shapes[name], transpose, dtype)
-                 for i in range(cfg.num_layers)]
-    layers[name] = np.stack(per_layer)
+    layers[name] = _Leaf([reader.view(f"model.layers.{i}.{hf_suffix}", shapes[name], transpose)
+                          for i in range(cfg.num_layers)], True, dtype)
   params["layers"] = layers
   return params
 
 
-def load_model(path: str, *, dtype: str | None = None) -> Transformer:
-  """Loads a local HF checkpoint directory into a `Transformer` (no network, no torch)."""
+def load_params(path: str, cfg: ModelConfig, shardings=None) -> dict:
+  """Reads the weights of `cfg`'s architecture from a HF directory as a params pytree.
+
+  Without `shardings`: numpy arrays on the host. With a pytree of jax Shardings matching the
+  params: jax Arrays assembled shard by shard from the memory-mapped files, so each host reads
+  only what its devices hold and no device ever holds a whole tensor it does not own (a 70B
+  target never has to fit on one chip or one host).
+  """
+  leaves = _leaves(path, cfg)
+  is_leaf = lambda x: isinstance(x, _Leaf)
+  if shardings is None:
+    return jax.tree.map(lambda l: l.read(), leaves, is_leaf=is_leaf)
+  return jax.tree.map(lambda l, sh: jax.make_array_from_callback(l.shape, sh, l.read),
+                      leaves, shardings, is_leaf=is_leaf)
+
+
+def abstract_params(cfg: ModelConfig) -> dict:
+  """The params pytree of `cfg` as ShapeDtypeStructs (nothing allocated)."""
+  model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def load_model(path: str, *, dtype: str | None = None, shardings=None) -> Transformer:
+  """Loads a local HF checkpoint directory into a `Transformer` (no network, no torch).
+
+  `shardings`: optional callable, abstract params pytree -> pytree of Shardings; the weights are
+  then placed shard by shard as they are read (see load_params).
+  """
   cfg = ModelConfig.from_hf_dir(path, dtype=dtype)
-  params = load_params(path, cfg)
   model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+  if shardings is None:
+    params = jax.tree.map(jnp.asarray, load_params(path, cfg))
+  else:
+    params = load_params(path, cfg, shardings(nnx.to_pure_dict(state)))
+  nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
   return model
 

@@ -41,10 +41,26 @@ class Target:
     return self.model.params()
 
 
+def config_mesh(config):
+  """The device mesh of config.mesh (over the first mesh.num_devices devices, 0 = all)."""
+  n = config.mesh.get("num_devices", 0)
+  return sharding.make_mesh(sharding.mesh_shape(config), jax.devices()[:n] if n else None)
+
+
 def load_target(config) -> Target:
+  """The frozen target. When the mesh splits parameters (fsdp or tensor > 1) every weight goes
+  straight to its shards as it is read, so a target larger than one chip or one host loads;
+  otherwise it loads onto the default device (replicated later, with the train state)."""
   if not config.target.path:
     raise ValueError("config.target.path is empty: give a Hugging Face checkpoint directory")
-  model = hf_checkpoint.load_model(config.target.path, dtype=config.target.dtype or None)
+  shardings = None
+  shape = sharding.mesh_shape(config)
+  if shape.get("fsdp", 1) > 1 or shape.get("tensor", 1) > 1:
+    mesh, rules = config_mesh(config), sharding.rules_from_config(config)
+    shardings = lambda abstract: sharding.tree_shardings(abstract, transformer.LOGICAL_AXES, mesh,
+                                                         rules)
+  model = hf_checkpoint.load_model(config.target.path, dtype=config.target.dtype or None,
+                                   shardings=shardings)
   return Target(model, hf_checkpoint.load_tokenizer(config.target.path))
 
 
@@ -171,8 +187,7 @@ def train(config, workdir: str, target: Target, drafter: e3.Eagle3Drafter, make_
   `make_step(optimizer)` (a pure step) through the resume-first loop. Returns the final state."""
   t = config.train
   rules = sharding.rules_from_config(config)
-  n = config.mesh.get("num_devices", 0)  # 0 = every device
-  mesh = sharding.make_mesh(sharding.mesh_shape(config), jax.devices()[:n] if n else None)
+  mesh = config_mesh(config)
   optimizer = make_optimizer(config.optim, t.num_steps)
   drafter_sh = sharding.tree_shardings(drafter.params(), e3.LOGICAL_AXES, mesh, rules)
   state, state_sh = loop.init_state(optimizer, drafter.params(), drafter_sh, mesh)
