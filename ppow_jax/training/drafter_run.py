@@ -22,6 +22,7 @@ from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
 from ppow_jax.eagle3.vocab import build_vocab_maps
 from ppow_jax import run_files
 from ppow_jax.models import hf_checkpoint, transformer
+from ppow_jax.models.config import ModelConfig
 from ppow_jax.parallel import sharding
 from ppow_jax.training import loop
 from ppow_jax.training.checkpoints import Checkpointer
@@ -48,19 +49,19 @@ def config_mesh(config):
 
 
 def load_target(config) -> Target:
-  """The frozen target. When the mesh splits parameters (fsdp or tensor > 1) every weight goes
+  """The frozen target. When the config's mesh and rules split its weights, each weight goes
   straight to its shards as it is read, so a target larger than one chip or one host loads;
   otherwise it loads onto the default device (replicated later, with the train state)."""
   if not config.target.path:
     raise ValueError("config.target.path is empty: give a Hugging Face checkpoint directory")
-  shardings = None
-  shape = sharding.mesh_shape(config)
-  if shape.get("fsdp", 1) > 1 or shape.get("tensor", 1) > 1:
-    mesh, rules = config_mesh(config), sharding.rules_from_config(config)
-    shardings = lambda abstract: sharding.tree_shardings(abstract, transformer.LOGICAL_AXES, mesh,
-                                                         rules)
-  model = hf_checkpoint.load_model(config.target.path, dtype=config.target.dtype or None,
-                                   shardings=shardings)
+  dtype = config.target.dtype or None
+  mesh, rules = config_mesh(config), sharding.rules_from_config(config)
+  abstract = hf_checkpoint.abstract_params(ModelConfig.from_hf_dir(config.target.path, dtype=dtype))
+  shardings = sharding.tree_shardings(abstract, transformer.LOGICAL_AXES, mesh, rules)
+  split = any(mesh.shape[a] > 1 for sh in jax.tree.leaves(shardings) for entry in sh.spec
+              for a in ((entry,) if isinstance(entry, str) else (entry or ())))
+  model = hf_checkpoint.load_model(config.target.path, dtype=dtype,
+                                   shardings=(lambda _: shardings) if split else None)
   return Target(model, hf_checkpoint.load_tokenizer(config.target.path))
 
 
