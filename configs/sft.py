@@ -41,7 +41,10 @@ def get_config():
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1400, batch_size=16, max_seconds=0.0,  # > 0: also stop after this much wall-clock time
       log_every=10, checkpoint_every=100, keep_checkpoints=2))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
+                                           num_devices=0))  # 0 = all; N = the first N
+  c.distributed = ml_collections.ConfigDict(dict(num_processes=1, process_id=0,
+                                                 coordinator="127.0.0.1:12355"))
   c.eval = ml_collections.ConfigDict(dict(
       prompts="", num_prompts=32, prompt_len=16, windows=(6, 10), max_new_tokens=112,
       batch_size=8))

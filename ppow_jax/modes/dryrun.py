@@ -17,7 +17,6 @@ same partitioned program is a guide to TPU HBM use, not a measurement of it.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -27,7 +26,6 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 
 from ppow_jax import run_files
 from ppow_jax.eagle3 import model as e3

@@ -10,7 +10,6 @@ the target. Writes workdir/export, metrics.jsonl, tensorboard/ and eval.json.
 from __future__ import annotations
 
 from ppow_jax.data.selfdistill import SequenceData
-from ppow_jax.parallel import sharding
 from ppow_jax.ppow.step import PPOWSettings, make_ppow_step
 from ppow_jax.training import drafter_run
 
@@ -30,8 +29,7 @@ def run(config, workdir: str):
   if not config.drafter.init_from:
     raise ValueError("config.drafter.init_from is empty: PPOW starts from a token-level drafter "
                      "(an SFT run's export/ directory or an imported EAGLE-3 checkpoint)")
-  sharding.initialize_distributed(config.distributed)  # num_processes -1: TPU pod auto-discovery
-  sharding.apply_topology(config)  # configs/targets/*: mesh, rules, batch size of the TPU slice
+  drafter_run.start_up(config)
   target = drafter_run.load_target(config)
   train, heldout = drafter_run.prepare_data(config, target, workdir)
   drafter = drafter_run.init_drafter(config, target, train)

@@ -44,6 +44,7 @@ def make_train_step(tcfg, dcfg, optimizer, *, steps: int, decay: float):
 
 
 def run(config, workdir: str):
+  drafter_run.start_up(config)
   target = drafter_run.load_target(config)
   train, heldout = drafter_run.prepare_data(config, target, workdir)
   drafter = drafter_run.init_drafter(config, target, train)

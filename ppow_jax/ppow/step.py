@@ -76,7 +76,7 @@ def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
   k_win, g, m = s.window, s.group_size, s.prefixes_per_seq
 
   def step_fn(state, target_params, d2t, batch, rng):
-    tokens, valid = batch["tokens"], batch["valid"] & batch["loss_mask"]
+    tokens = batch["tokens"]
     n = tokens.shape[0]
     embed = target_params["embed"]
     v = tcfg.vocab_size

@@ -42,6 +42,14 @@ class Target:
     return self.model.params()
 
 
+def start_up(config):
+  """Multi-host start-up (config.distributed) and the named TPU topology (if any), before any
+  device is touched."""
+  if config.get("distributed"):
+    sharding.initialize_distributed(config.distributed)  # num_processes -1: pod auto-discovery
+  sharding.apply_topology(config)  # configs/targets/*: mesh, rules, batch size of the slice
+
+
 def config_mesh(config):
   """The device mesh of config.mesh (over the first mesh.num_devices devices, 0 = all)."""
   n = config.mesh.get("num_devices", 0)
