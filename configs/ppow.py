@@ -38,6 +38,9 @@ def get_config():
       # KL / soft-CE tokens: "all" also anchors the slots after the first rejection to the
       # target (the target verified them; the drafter conditions on them in longer windows).
       anchor_tokens="through_first_reject",
+      # Token-level auxiliary loss: "window" (soft CE on window tokens) or "ttt" (EAGLE-3's
+      # training-time-test loss over the batch sequences, ttt_steps steps weighted ttt_decay^i).
+      aux_loss="window", ttt_steps=7, ttt_decay=0.8,
       ppo_epochs=2, temperature=1.0))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=5e-5, warmup_steps=10, final_lr_fraction=0.1, b1=0.9, b2=0.95,

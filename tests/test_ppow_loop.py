@@ -357,3 +357,34 @@ def test_ablation_switches(start):
   # gamma > 0: R = k / (k gamma + 1) < k once some window is accepted; the bonus only adds.
   assert m["no_prox"]["reward"] < speed["reward"]
   assert top["reward"] >= m["no_prox"]["reward"]
+
+
+def test_ttt_aux_loss(start):
+  """aux_loss="ttt": the auxiliary term is EAGLE-3's training-time-test loss over the batch
+  sequences (what token-level training minimises), not the window soft CE; bad names fail."""
+  from ppow_jax.eagle3 import ttt
+  from ppow_jax.models import transformer
+
+  config = _config("ppow", {**start["base"], "ppow.ppo_epochs": 1, "ppow.ttt_steps": 2})
+  target = drafter_run.load_target(config)
+  drafter = load_eagle3(config.drafter.init_from, target.cfg)
+  records = selfdistill.read_records(os.path.join(config.data.dir,
+                                                  "selfdistill-train.array_record"))
+  batch = jax.tree.map(jnp.asarray,
+                       selfdistill.SequenceData(records, seq_len=32, batch_size=8, seed=0).batch(0))
+  opt = drafter_run.make_optimizer(config.optim, 10)
+  params, tp, d2t = drafter.params(), target.params(), drafter.d2t[...]
+  state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
+  base = ppow_mode.settings_from_config(config)
+  aux = {}
+  for mode in ("window", "ttt"):
+    step = make_ppow_step(target.cfg, drafter.cfg, opt, dataclasses.replace(base, aux_loss=mode),
+                          capacity=32 + 4 + 2)
+    aux[mode] = float(jax.jit(step)(state, tp, d2t, batch, jax.random.key(3))[1]["aux_ce"])
+  out = transformer.forward(target.cfg, tp, batch["tokens"], hidden_layers=drafter.cfg.aux_layers)
+  want, _ = ttt.ttt_loss(drafter.cfg, params, tp["embed"], d2t, batch["tokens"], out.hidden,
+                         out.logits, batch["loss_mask"], steps=2, decay=base.ttt_decay)
+  assert aux["ttt"] == pytest.approx(float(want), rel=1e-4)
+  assert aux["window"] != pytest.approx(aux["ttt"], rel=1e-2)
+  with pytest.raises(ValueError, match="ppow.aux_loss='tokens'"):
+    make_ppow_step(target.cfg, drafter.cfg, opt, dataclasses.replace(base, aux_loss="tokens"), 38)

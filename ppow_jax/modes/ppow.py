@@ -22,6 +22,7 @@ def settings_from_config(config) -> PPOWSettings:
       use_proximity=p.use_proximity, windowing=p.windowing, windowing_mode=p.windowing_mode,
       windowing_start=p.windowing_start, clip_eps=p.clip_eps, beta=p.beta, aux_coef=p.aux_coef,
       loss_tokens=p.loss_tokens, anchor_tokens=p.anchor_tokens,
+      aux_loss=p.aux_loss, ttt_steps=p.ttt_steps, ttt_decay=p.ttt_decay,
       ppo_epochs=p.ppo_epochs, temperature=p.temperature)
 
 

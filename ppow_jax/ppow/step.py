@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from ppow_jax.eagle3 import model as e3
+from ppow_jax.eagle3 import ttt
 from ppow_jax.ppow import objective, rewards, rollout, windowing
 
 
@@ -40,6 +41,12 @@ class PPOWSettings:
   aux_coef: float = 0.1
   loss_tokens: str = "through_first_reject"  # policy-gradient tokens
   anchor_tokens: str = "through_first_reject"  # KL / soft-CE tokens ("all": every window slot)
+  # Token-level auxiliary loss: "window" = soft CE to P_target on the window tokens (anchor
+  # mask); "ttt" = EAGLE-3's training-time-test loss over the batch sequences (ttt_steps unrolled
+  # steps weighted ttt_decay**i), i.e. PPOW as token-level training plus the window-level terms.
+  aux_loss: str = "window"
+  ttt_steps: int = 7
+  ttt_decay: float = 0.8
   ppo_epochs: int = 1
   temperature: float = 1.0
 
@@ -72,8 +79,13 @@ def choose_prefixes(rng, scores, ok, m: int, s: PPOWSettings, step):
   return jnp.where(uniform, pick_uniform, pick_scored)
 
 
+_AUX_LOSSES = ("window", "ttt")
+
+
 def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
   k_win, g, m = s.window, s.group_size, s.prefixes_per_seq
+  if s.aux_loss not in _AUX_LOSSES:
+    raise ValueError(f"ppow.aux_loss={s.aux_loss!r}: expected one of {_AUX_LOSSES}")
 
   def step_fn(state, target_params, d2t, batch, rng):
     tokens = batch["tokens"]
@@ -114,9 +126,16 @@ def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
       dp_new = rollout.draft_pass(dcfg, params, embed, tokens, teacher.aux, capacity)
       _, logits_new, logp_new = rollout.draft_windows(
           dcfg, params, embed, d2t, v, dp_new, seq, prefix, k_win, tokens=draft)
-      return objective.ppow_loss(logp_new, logp_old, adv, mask, logits_new, target_window,
-                                 clip_eps=s.clip_eps, beta=s.beta, aux_coef=s.aux_coef,
-                                 anchor_mask=anchor_mask)
+      window_aux = s.aux_coef if s.aux_loss == "window" else 0.0
+      loss, lm = objective.ppow_loss(logp_new, logp_old, adv, mask, logits_new, target_window,
+                                     clip_eps=s.clip_eps, beta=s.beta, aux_coef=window_aux,
+                                     anchor_mask=anchor_mask)
+      if s.aux_loss == "ttt":
+        lm["aux_ce"], _ = ttt.ttt_loss(dcfg, params, embed, d2t, tokens, teacher.aux,
+                                       teacher.target_logits, batch["loss_mask"],
+                                       steps=s.ttt_steps, decay=s.ttt_decay)
+        loss = loss + s.aux_coef * lm["aux_ce"]
+      return loss, lm
 
     def epoch(carry, _):
       params, opt_state = carry
