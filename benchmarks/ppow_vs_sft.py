@@ -8,9 +8,10 @@ From one token-level drafter (`--start`, an SFT export), trains for the same wal
   +PPOW          configs/ppow.py
   PPOW w/o R_dist, PPOW w/o windowing   (ablations)
 and measures greedy tau at K=6 and K=10 on the same held-out prompts (prefixes of the held-out
-self-distillation sequences in --data_dir). Runs go two at a time (--parallel), a token-level run
-beside a PPOW run, so concurrent runs share the CPU equally. Writes OUT/results.json and
-OUT/table.md. Extra config overrides for every PPOW run: --ppow_args "--config.x=y ...".
+self-distillation sequences in --data_dir). The start is measured first; then the training
+runs go --parallel at a time (a token-level run beside PPOW runs), so concurrent runs share the
+CPU equally; --parallel equal to the number of training runs gives a strictly equal share.
+Writes OUT/results.json and OUT/table.md. Extra config overrides for every PPOW run: --ppow_args "--config.x=y ...".
 """
 
 import argparse
@@ -86,9 +87,18 @@ def main():
   skip = {x.strip() for x in a.skip.split(",") if x.strip()}
   jobs = [j for j in jobs if j[0] not in skip]
   results = {}
+  # The start's evaluation runs first and alone, so every training run shares the CPU with
+  # training runs only (equal wall-clock budgets mean equal compute).
+  jobs.sort(key=lambda j: j[0] != "start")
   with concurrent.futures.ThreadPoolExecutor(a.parallel) as pool:
     futs = []
     for name, config, args in jobs:
+      if name == "start" and a.parallel > 1:
+        done = run(name, config, os.path.join(a.out, "start"), args,
+                   os.path.join(a.out, "start.log"))
+        results["start"] = done[1]
+        print(f"start: tau_k6={done[1]['tau_k6']:.3f} tau_k10={done[1]['tau_k10']:.3f}", flush=True)
+        continue
       slug = name.replace(" ", "_").replace("/", "").replace("+", "plus_")
       wd = os.path.join(a.out, slug)
       futs.append(pool.submit(run, name, config, wd, args, os.path.join(a.out, f"{slug}.log")))
