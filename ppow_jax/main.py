@@ -5,12 +5,15 @@ end-to-end story). Every hyperparameter lives in the config file and is overrida
 command line; only --config and --workdir are flags.
 """
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Never reach for a hub at run time.
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from ppow_jax import run_files  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
                                           lock_config=True)
@@ -33,6 +36,8 @@ def main(argv):
     raise app.UsageError(f"config.mode={config.mode!r}; expected one of {MODES}")
   os.makedirs(workdir, exist_ok=True)
   logging.info("mode=%s workdir=%s", config.mode, workdir)
+  # The resolved config (file + overrides), so every number in the workdir can be reproduced.
+  run_files.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
   import importlib  # Import the mode lazily: each pulls in only what it needs.
   module = importlib.import_module(f"ppow_jax.modes.{config.mode}")
   module.run(config, workdir)

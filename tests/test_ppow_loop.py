@@ -294,6 +294,17 @@ def test_metrics_rows(reference):
   assert any(0 < r["k0_share"] < 1 for r in rows)
 
 
+def test_cli_saves_resolved_config(start, reference):
+  """The workdir keeps the config the run used: the file's values with the overrides applied."""
+  import json
+  with open(os.path.join(reference, "config.json")) as f:
+    saved = json.load(f)
+  assert saved["mode"] == "ppow" and saved["ppow"]["window"] == TINY["ppow.window"] == 4
+  assert saved["train"]["num_steps"] == NUM_STEPS
+  assert saved["drafter"]["init_from"] == start["base"]["drafter.init_from"]
+  assert saved["optim"]["learning_rate"] == TINY["optim.learning_rate"]
+
+
 def test_ablation_switches(start):
   """Windowing and proximity settings from the config change exactly what they should.
 
