@@ -40,6 +40,42 @@ def run(name, config, workdir, args, log):
   return name, result
 
 
+def plot(out_dir, results):
+  """OUT/plots.png: tau per run (K=6, K=10) and the PPOW runs' rollout tau over training."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  names = sorted(results, key=lambda n: n != "start")
+  fig = Figure(figsize=(13, 4.5))
+  FigureCanvasAgg(fig)
+  ax1, ax2 = fig.subplots(1, 2)
+  x = range(len(names))
+  for i, (k, label) in enumerate((("tau_k6", "K=6"), ("tau_k10", "K=10"))):
+    ax1.bar([j + 0.4 * i for j in x], [results[n][k] for n in names], width=0.4, label=label)
+  ax1.set_xticks([j + 0.2 for j in x], names, rotation=25, ha="right", fontsize=8)
+  lo = min(min(r["tau_k6"], r["tau_k10"]) for r in results.values())
+  ax1.set_ylim(lo - 0.3, None)
+  ax1.set_ylabel("greedy tau on held-out prompts")
+  ax1.legend()
+  for name in names:
+    path = os.path.join(out_dir, _slug(name), "metrics.jsonl")
+    if not os.path.exists(path):
+      continue
+    with open(path) as f:
+      rows = [r for r in map(json.loads, f) if "rollout_tau" in r]
+    if rows:
+      ax2.plot([r["step"] for r in rows], [r["rollout_tau"] for r in rows], label=name, lw=0.8)
+  ax2.set_xlabel("step")
+  ax2.set_ylabel("rollout tau (sampled windows)")
+  ax2.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "plots.png"), dpi=110)
+
+
+def _slug(name):
+  return name.replace(" ", "_").replace("/", "").replace("+", "plus_")
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--target", required=True)
@@ -55,7 +91,12 @@ def main():
   ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                   help='an extra PPOW run, e.g. "anchor all=--config.ppow.anchor_tokens=all"')
   ap.add_argument("--eval_prompts", type=int, default=32, help="held-out prompts to measure on")
+  ap.add_argument("--plot_only", action="store_true", help="redraw OUT/plots.png from OUT")
   a = ap.parse_args()
+  if a.plot_only:
+    with open(os.path.join(a.out, "results.json")) as f:
+      plot(a.out, json.load(f)["results"])
+    return
   os.makedirs(a.out, exist_ok=True)
   secs = str(a.minutes * 60)
   common = [f"--config.target.path={os.path.abspath(a.target)}",
@@ -99,7 +140,7 @@ def main():
         results["start"] = done[1]
         print(f"start: tau_k6={done[1]['tau_k6']:.3f} tau_k10={done[1]['tau_k10']:.3f}", flush=True)
         continue
-      slug = name.replace(" ", "_").replace("/", "").replace("+", "plus_")
+      slug = _slug(name)
       wd = os.path.join(a.out, slug)
       futs.append(pool.submit(run, name, config, wd, args, os.path.join(a.out, f"{slug}.log")))
     for f in concurrent.futures.as_completed(futs):
@@ -118,6 +159,8 @@ def main():
     f.write(table + "\n")
   with open(os.path.join(a.out, "results.json"), "w") as f:
     json.dump({"minutes": a.minutes, "results": results}, f, indent=2)
+  plot(a.out, {n: results[n] for n in ["start", *[j[0] for j in jobs if j[0] != "start"]]
+                if n in results})
   print(table)
 
 
