@@ -127,31 +127,26 @@ def main():
     jobs.append((name.strip(), ppow[0], [*ppow[1], *shlex.split(extra)]))
   skip = {x.strip() for x in a.skip.split(",") if x.strip()}
   jobs = [j for j in jobs if j[0] not in skip]
+  order = [j[0] for j in sorted(jobs, key=lambda j: j[0] != "start")]
   results = {}
+
+  def done(name, r):
+    results[name] = r
+    print(f"{name}: tau_k6={r['tau_k6']:.3f} tau_k10={r['tau_k10']:.3f} steps={r['num_steps']}",
+          flush=True)
+
   # The start's evaluation runs first and alone, so every training run shares the CPU with
   # training runs only (equal wall-clock budgets mean equal compute).
-  jobs.sort(key=lambda j: j[0] != "start")
+  for name, config, args in [j for j in jobs if j[0] == "start"]:
+    done(*run(name, config, os.path.join(a.out, "start"), args, os.path.join(a.out, "start.log")))
   with concurrent.futures.ThreadPoolExecutor(a.parallel) as pool:
-    futs = []
-    for name, config, args in jobs:
-      if name == "start" and a.parallel > 1:
-        done = run(name, config, os.path.join(a.out, "start"), args,
-                   os.path.join(a.out, "start.log"))
-        results["start"] = done[1]
-        print(f"start: tau_k6={done[1]['tau_k6']:.3f} tau_k10={done[1]['tau_k10']:.3f}", flush=True)
-        continue
-      slug = _slug(name)
-      wd = os.path.join(a.out, slug)
-      futs.append(pool.submit(run, name, config, wd, args, os.path.join(a.out, f"{slug}.log")))
+    futs = [pool.submit(run, name, config, os.path.join(a.out, _slug(name)), args,
+                        os.path.join(a.out, f"{_slug(name)}.log"))
+            for name, config, args in jobs if name != "start"]
     for f in concurrent.futures.as_completed(futs):
-      name, r = f.result()
-      results[name] = r
-      print(f"{name}: tau_k6={r['tau_k6']:.3f} tau_k10={r['tau_k10']:.3f} steps={r['num_steps']}",
-            flush=True)
+      done(*f.result())
   rows = ["| drafter | steps | tau (K=6) | tau (K=10) |", "| --- | --- | --- | --- |"]
-  for name in ["start", *[j[0] for j in jobs if j[0] != "start"]]:
-    if name not in results:
-      continue
+  for name in order:
     r = results[name]
     rows.append(f"| {name} | {r['num_steps']} | {r['tau_k6']:.3f} | {r['tau_k10']:.3f} |")
   table = "\n".join(rows)
@@ -159,8 +154,7 @@ def main():
     f.write(table + "\n")
   with open(os.path.join(a.out, "results.json"), "w") as f:
     json.dump({"minutes": a.minutes, "results": results}, f, indent=2)
-  plot(a.out, {n: results[n] for n in ["start", *[j[0] for j in jobs if j[0] != "start"]]
-                if n in results})
+  plot(a.out, results)
   print(table)
 
 

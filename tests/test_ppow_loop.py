@@ -402,3 +402,15 @@ def test_ttt_aux_loss(start):
   assert aux["window"] != pytest.approx(aux["ttt"], rel=1e-2)
   with pytest.raises(ValueError, match="ppow.aux_loss='tokens'"):
     make_ppow_step(target.cfg, drafter.cfg, opt, dataclasses.replace(base, aux_loss="tokens"), 38)
+
+
+def test_load_target_shards_only_when_the_mesh_splits_it(stories_path):
+  """A mesh that splits weights (fsdp/tensor) gets the target placed on it at load; a data-only
+  mesh leaves it on one device (replicated later with the train state)."""
+  split = drafter_run.load_target(_config("ppow", {
+      "target.path": stories_path, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}))
+  plain = drafter_run.load_target(_config("ppow", {"target.path": stories_path}))
+  sp, pp = split.params(), plain.params()
+  assert not all(x.sharding.is_fully_replicated for x in jax.tree.leaves(sp))
+  assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(pp))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), sp, pp)

@@ -156,25 +156,21 @@ def load_params(path: str, cfg: ModelConfig, shardings=None) -> dict:
                       leaves, shardings, is_leaf=is_leaf)
 
 
-def abstract_params(cfg: ModelConfig) -> dict:
-  """The params pytree of `cfg` as ShapeDtypeStructs (nothing allocated)."""
-  model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
 def load_model(path: str, *, dtype: str | None = None, shardings=None) -> Transformer:
   """Loads a local HF checkpoint directory into a `Transformer` (no network, no torch).
 
-  `shardings`: optional callable, abstract params pytree -> pytree of Shardings; the weights are
-  then placed shard by shard as they are read (see load_params).
+  `shardings`: optional callable, abstract params pytree -> pytree of Shardings, or None to
+  load onto the default device; with Shardings the weights are placed shard by shard as they
+  are read (see load_params).
   """
   cfg = ModelConfig.from_hf_dir(path, dtype=dtype)
   model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   state = nnx.state(model, nnx.Param)
-  if shardings is None:
+  placed = shardings(nnx.to_pure_dict(state)) if shardings else None
+  if placed is None:
     params = jax.tree.map(jnp.asarray, load_params(path, cfg))
   else:
-    params = load_params(path, cfg, shardings(nnx.to_pure_dict(state)))
+    params = load_params(path, cfg, placed)
   nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
   return model

@@ -103,7 +103,9 @@ def ppow_loss(logp_new, logp_old, advantages, mask, draft_logits, target_logits,
   anchor_mask = mask if anchor_mask is None else anchor_mask
   kl = kl_to_target(draft_logits, target_logits, anchor_mask)
   aux_ce = soft_cross_entropy(draft_logits, target_logits, anchor_mask)
-  loss = policy_loss + beta * kl + aux_coef * aux_ce
+  loss = policy_loss + beta * kl
+  if aux_coef:  # a Python 0 leaves aux_ce a metric only (no gradient work for it)
+    loss = loss + aux_coef * aux_ce
   metrics = {"policy_loss": policy_loss, "kl": kl, "clip_fraction": clip_fraction,
              "aux_ce": aux_ce}
   return loss, metrics

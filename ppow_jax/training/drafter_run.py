@@ -22,7 +22,6 @@ from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
 from ppow_jax.eagle3.vocab import build_vocab_maps
 from ppow_jax import run_files
 from ppow_jax.models import hf_checkpoint, transformer
-from ppow_jax.models.config import ModelConfig
 from ppow_jax.parallel import sharding
 from ppow_jax.training import loop
 from ppow_jax.training.checkpoints import Checkpointer
@@ -62,14 +61,15 @@ def load_target(config) -> Target:
   otherwise it loads onto the default device (replicated later, with the train state)."""
   if not config.target.path:
     raise ValueError("config.target.path is empty: give a Hugging Face checkpoint directory")
-  dtype = config.target.dtype or None
   mesh, rules = config_mesh(config), sharding.rules_from_config(config)
-  abstract = hf_checkpoint.abstract_params(ModelConfig.from_hf_dir(config.target.path, dtype=dtype))
-  shardings = sharding.tree_shardings(abstract, transformer.LOGICAL_AXES, mesh, rules)
-  split = any(mesh.shape[a] > 1 for sh in jax.tree.leaves(shardings) for entry in sh.spec
-              for a in ((entry,) if isinstance(entry, str) else (entry or ())))
-  model = hf_checkpoint.load_model(config.target.path, dtype=dtype,
-                                   shardings=(lambda _: shardings) if split else None)
+
+  def place(abstract):
+    shardings = sharding.tree_shardings(abstract, transformer.LOGICAL_AXES, mesh, rules)
+    split = not all(sh.is_fully_replicated for sh in jax.tree.leaves(shardings))
+    return shardings if split else None
+
+  model = hf_checkpoint.load_model(config.target.path, dtype=config.target.dtype or None,
+                                   shardings=place)
   return Target(model, hf_checkpoint.load_tokenizer(config.target.path))
 
 
