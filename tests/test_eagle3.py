@@ -133,7 +133,7 @@ def test_cached_forward_equals_uncached():
 
   step = jax.jit(forward, static_argnums=0)
   cache = init_cache(cfg, 2, 16)
-  assert cache.k.shape == (1, 2, 16, cfg.num_kv_heads, cfg.head_dim)
+  assert cache.k.shape == (1, 2, cfg.num_kv_heads, 16, cfg.head_dim)  # head-major
   outs = []
   for lo, hi in ((0, 4), (4, 5), (5, 6), (6, 9)):  # prefill, two single steps, a 3-token window
     o = step(cfg, p, embed, tokens[:, lo:hi], feats[:, lo:hi], cache)

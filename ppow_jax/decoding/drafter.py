@@ -67,7 +67,7 @@ class LMDrafter:
     return isinstance(other, LMDrafter) and other.cfg == self.cfg
 
   def init_state(self, params, batch_size, max_len):
-    return KVCache.init(self.cfg, batch_size, max_len)
+    return KVCache.init(self.cfg, batch_size, max_len, per_layer=transformer.is_unstacked(params))
 
   def prefill(self, params, state, tokens, num_valid, target_hidden):
     out = transformer.forward(self.cfg, params, tokens, cache=state.with_lengths(0 * num_valid),

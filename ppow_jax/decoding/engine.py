@@ -55,11 +55,13 @@ def generate(cfg: ModelConfig, params: Any, prompts: jax.Array, prompt_lens: jax
   hidden_layers = drafter.target_hidden_layers if drafter is not None else ()
 
   # Prefill: the target reads the prompt; its last position gives the first new token.
-  cache = KVCache.init(cfg, b, s)
-  out = transformer.forward(cfg, params, prompts, cache=cache, hidden_layers=hidden_layers)
+  cache = KVCache.init(cfg, b, s, per_layer=transformer.is_unstacked(params))
+  out = transformer.forward(cfg, params, prompts, cache=cache, hidden_layers=hidden_layers,
+                            return_logits=False)  # Only the last prompt slot needs the LM head.
   cache = out.cache.with_lengths(prompt_lens)
   rng, r0 = jax.random.split(rng)
-  first, _ = sampling.sample(r0, _gather(out.logits, prompt_lens - 1), sp)
+  first, _ = sampling.sample(
+      r0, transformer.lm_head(params, _gather(out.last_hidden, prompt_lens - 1)), sp)
   buf = jnp.zeros((b, s), jnp.int32).at[:, :p].set(prompts)
   buf = jax.vmap(lambda r, i, t: r.at[i].set(t))(buf, prompt_lens, first)
   pos = prompt_lens  # slot of the newest committed token (`first`), not yet in the cache

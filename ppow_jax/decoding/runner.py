@@ -16,6 +16,8 @@ import numpy as np
 import tqdm
 
 from ppow_jax.decoding import engine, sampling
+from ppow_jax.decoding.drafter import LMDrafter
+from ppow_jax.models import transformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +54,10 @@ def decode(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], setti
   bs = settings.batch_size
   batches = [list(range(i, min(i + bs, len(prompt_ids)))) for i in range(0, len(prompt_ids), bs)]
   rng = jax.random.key(settings.seed)
+  # Decode-layout weights (unrolled layers): done once here, a no-op if the caller already did.
+  target_params = transformer.unstack(target_params)
+  if isinstance(drafter, LMDrafter):
+    drafter_params = transformer.unstack(drafter_params)
   kw = dict(drafter=drafter, drafter_params=drafter_params,
             window=settings.window if drafter is not None else 0,
             max_new_tokens=settings.max_new_tokens, sp=settings.sp, eos_ids=target_cfg.eos_ids)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from ppow_jax.models import rope
 from ppow_jax.models.config import SUPPORTED_DTYPES, ConfigError, ModelConfig
 from ppow_jax.models.kv_cache import KVCache
-from ppow_jax.models.transformer import attention, attention_mask, rms_norm
+from ppow_jax.models.transformer import attention, attention_mask, cache_mask, rms_norm
 
 # Logical axes of the trainable weights (see ppow_jax.parallel.sharding).
 LOGICAL_AXES = {
@@ -206,13 +206,14 @@ def finish(cfg: Eagle3Config, params: dict, residual: jax.Array, attn: jax.Array
 
 def forward(cfg: Eagle3Config, params: dict, embed_table: jax.Array, tokens: jax.Array,
             features: jax.Array, cache: KVCache | None = None, positions: jax.Array | None = None,
-            key_valid: jax.Array | None = None) -> DraftOutput:
+            key_valid: jax.Array | None = None, self_mask: jax.Array | None = None) -> DraftOutput:
   """One drafter pass over T positions (pure).
 
   tokens [B, T] int (target ids, embedded with the shared `embed_table` [V, H]); features
   [B, T, H]: the fused target feature (`fuse`) or the drafter's own fed-back `hidden`.
-  Cache semantics are the target's: with `cache`, the T tokens go to slots lengths[b].. at
-  positions lengths[b].., and the returned cache has lengths + T (lower it to roll back).
+  Cache semantics are the target's (`transformer.forward`): with `cache`, the T tokens follow
+  each row's lengths[b] committed slots, are written at slots lengths[b].., and the returned
+  cache has lengths + T (lower it to roll back); `positions` / `self_mask` as there (draft trees).
   Without a cache, `positions` (default arange) and `key_valid` ([B, T]) define the mask.
   """
   b, t = tokens.shape
@@ -221,10 +222,9 @@ def forward(cfg: Eagle3Config, params: dict, embed_table: jax.Array, tokens: jax
   emb = embed_table[tokens].astype(dt)
   feat = features.astype(dt)
   if cache is not None:
-    start = cache.lengths
-    positions = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
-    k_pos = jnp.broadcast_to(jnp.arange(cache.max_len, dtype=jnp.int32), (b, cache.max_len))
-    mask = attention_mask(cfg, positions, k_pos)
+    if positions is None:
+      positions = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
+    mask = cache_mask(cfg, cache.lengths, cache.max_len, positions, self_mask)
   else:
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -232,13 +232,13 @@ def forward(cfg: Eagle3Config, params: dict, embed_table: jax.Array, tokens: jax
   sin, cos = rope.sin_cos(cfg, positions)
 
   q, k, v, residual = project(cfg, p, emb, feat, sin, cos)
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # head-major, as the cache
   if cache is not None:
-    put = jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (s, 0, 0)))
-    ck, cv = put(cache.k[0], k, start), put(cache.v[0], v, start)
-    attn = attention(q, ck, cv, mask)
-    cache = KVCache(k=ck[None], v=cv[None], lengths=cache.lengths + t)
-  else:
-    attn = attention(q, k, v, mask)
+    # Write first, then attend over the whole cache (in place inside a loop; no cache copy).
+    put = jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (0, s, 0)))
+    k, v = put(cache.k[0], k, cache.lengths), put(cache.v[0], v, cache.lengths)
+    cache = KVCache(k=k[None], v=v[None], lengths=cache.lengths + t)
+  attn = attention(q, k, v, mask)
   logits, h = finish(cfg, params, residual, attn)
   return DraftOutput(logits=logits, hidden=h, cache=cache)
 

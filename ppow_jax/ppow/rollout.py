@@ -50,7 +50,7 @@ def draft_pass(dcfg, dparams, embed, tokens, aux, capacity: int) -> DraftPass:
 
 def rows_of(cache: KVCache, seq: jax.Array, lengths: jax.Array) -> KVCache:
   """Cache rows for windows: row r copies sequence seq[r]'s cache, truncated to lengths[r]."""
-  return KVCache(k=cache.k[:, seq], v=cache.v[:, seq], lengths=lengths.astype(jnp.int32))
+  return cache.rows(seq, lengths)
 
 
 def draft_windows(dcfg, dparams, embed, d2t, vocab_size: int, dp: DraftPass, seq, prefix_end,
