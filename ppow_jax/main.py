@@ -21,7 +21,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and check
                                "(default: the config's `workdir`).")
 flags.mark_flags_as_required(["config"])
 
-MODES = ("decode", "sft", "ppow", "eval", "pipeline", "dryrun")
+MODES = ("decode", "sft", "ppow", "eval", "pipeline", "dryrun", "convert")
 
 
 def main(argv):

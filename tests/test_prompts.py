@@ -147,10 +147,58 @@ def test_bad_fields_and_duplicates(tmp_path):
   with pytest.raises(PromptFileError, match=r":1: field 'turns'"):
     load_prompts(turns)
   dup = _write(tmp_path / "d.jsonl", ['{"prompt": "a", "id": "x"}', '{"prompt": "b", "id": "x"}'])
-  with pytest.raises(PromptFileError, match=r":2: duplicate prompt id 'x' \(first seen on line 1"):
+  with pytest.raises(PromptFileError, match=r":2: duplicate prompt id 'x' \(first seen at .*d\.jsonl:1\)"):
     load_prompts(dup)
   with pytest.raises(PromptFileError, match="extension"):
     load_prompts(_write(tmp_path / "p.csv", ["a"]))
+
+
+def test_chat_dataset_formats_jsonl_and_json(tmp_path):
+  sharegpt = {"id": "sg1", "conversations": [
+      {"from": "system", "value": "be brief"}, {"from": "human", "value": "Hi there"},
+      {"from": "gpt", "value": "Hello!"}, {"from": "human", "value": "Tell me a joke"}]}
+  messages = {"messages": [{"role": "system", "content": "sys"},
+                           {"role": "user", "content": "What is 2+2?"},
+                           {"role": "assistant", "content": "4"}]}
+  alpaca = {"instruction": "Summarize the text.", "input": "Cats sleep a lot.", "output": "..."}
+  alpaca_no_input = {"instruction": "Name a color.", "input": "", "output": "red"}
+  dolly = {"instruction": "Who wrote it?", "context": "Hamlet is a play.", "response": "x",
+           "category": "closed_qa"}
+  path = _write(tmp_path / "mix.jsonl", [json.dumps(r) for r in
+                                         (sharegpt, messages, alpaca, alpaca_no_input, dolly)])
+  ps = load_prompts(path)
+  assert [p.id for p in ps] == ["sg1", "1", "2", "3", "4"]
+  assert ps[0].turns == ("Hi there", "Tell me a joke") and ps[0].category == "sharegpt"
+  assert ps[1].turns == ("What is 2+2?",) and ps[1].category == "chat"
+  assert ps[2].turns == ("Summarize the text.\n\nCats sleep a lot.",) and ps[2].category == "alpaca"
+  assert ps[3].turns == ("Name a color.",)
+  assert ps[4].turns == ("Who wrote it?\n\nHamlet is a play.",) and ps[4].category == "closed_qa"
+  # The same records as a JSON list (alpaca_data.json style) read the same.
+  as_json = tmp_path / "mix.json"
+  as_json.write_text(json.dumps([sharegpt, messages, alpaca, alpaca_no_input, dolly], indent=1))
+  assert load_prompts(str(as_json)) == ps
+
+
+def test_chat_dataset_format_errors(tmp_path):
+  no_user = _write(tmp_path / "a.jsonl", [json.dumps(
+      {"conversations": [{"from": "gpt", "value": "only the model talks"}]})])
+  with pytest.raises(PromptFileError, match=r"a\.jsonl:1: no user turn"):
+    load_prompts(no_user)
+  bad_turn = _write(tmp_path / "b.jsonl", [json.dumps({"messages": [{"role": "user"}]})])
+  with pytest.raises(PromptFileError, match=r"b\.jsonl:1: turn 0 must be an object with 'role' and 'content'"):
+    load_prompts(bad_turn)
+  not_list = tmp_path / "c.json"
+  not_list.write_text(json.dumps({"instruction": "x"}))
+  with pytest.raises(PromptFileError, match=r"c\.json: a \.json prompt file must hold a list"):
+    load_prompts(str(not_list))
+  broken = tmp_path / "d.json"
+  broken.write_text('[{"instruction": "x"},\n {"instruction": ]')
+  with pytest.raises(PromptFileError, match=r"d\.json:2: malformed JSON"):
+    load_prompts(str(broken))
+  empty_instr = tmp_path / "e.json"
+  empty_instr.write_text(json.dumps([{"instruction": "ok"}, {"instruction": ""}]))
+  with pytest.raises(PromptFileError, match=r"e\.json: record 1: field 'instruction' must be a non-empty"):
+    load_prompts(str(empty_instr))
 
 
 # --- Tokenization -------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Prompt files for decoding and evaluation: readers for benchmark formats, and tokenization.
 
-`load_prompts` reads JSONL (optionally gzip-compressed) in the Spec-Bench / MT-bench, HumanEval,
-GSM8K and plain `{"prompt": ...}` formats, detected per line, or a text file with one prompt per
-non-empty line. `encode_prompt(s)` turn a prompt into token ids, through the tokenizer's chat
+`load_prompts` reads JSONL (optionally gzip-compressed) or JSON (a list of records) in the
+Spec-Bench / MT-bench, HumanEval, GSM8K, ShareGPT (`conversations` of `from`/`value`), OpenAI
+chat (`messages` of `role`/`content`), Alpaca (`instruction` + `input`), Dolly (`instruction` +
+`context`) and plain `{"prompt": ...}` formats, detected per record, or a text file with one
+prompt per non-empty line. Only user turns are kept: the target writes the answers itself. `encode_prompt(s)` turn a prompt into token ids, through the tokenizer's chat
 template when it has one.
 """
 
@@ -15,6 +17,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+_JSON_SUFFIXES = (".json", ".json.gz")
 _TEXT_SUFFIXES = (".txt", ".txt.gz")
 TRUNCATIONS = ("left", "error")
 
@@ -53,58 +56,120 @@ def _text(where: str, obj: Mapping, key: str) -> str:
   return value
 
 
+def _user_turns(where: str, turns, role_key: str, text_key: str, user_roles: tuple) -> tuple:
+  """The user turns of a ShareGPT / OpenAI-chat conversation list, checked."""
+  if not isinstance(turns, list) or not turns:
+    raise PromptFileError(f"{where}: expected a non-empty list of turns, got {turns!r:.80}")
+  out = []
+  for n, turn in enumerate(turns):
+    if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
+      raise PromptFileError(f"{where}: turn {n} must be an object with {role_key!r} and "
+                            f"{text_key!r}, got {turn!r:.80}")
+    if turn[role_key] in user_roles:
+      out.append(_text(f"{where}: turn {n}", turn, text_key))
+  if not out:
+    raise PromptFileError(f"{where}: no user turn ({role_key!r} in {list(user_roles)})")
+  return tuple(out)
+
+
+def _joined(where: str, obj: Mapping, key: str, extra: str) -> str:
+  """Alpaca/Dolly: the instruction, then its optional input/context after a blank line."""
+  text = _text(where, obj, key)
+  more = obj.get(extra)
+  if more is not None and not isinstance(more, str):
+    raise PromptFileError(f"{where}: field {extra!r} must be a string, got {more!r:.80}")
+  return f"{text}\n\n{more}" if more and more.strip() else text
+
+
 def _parse_record(where: str, obj, index: int) -> Prompt:
   """One JSON object -> Prompt; `index` is the 0-based record number, used for default ids."""
   if not isinstance(obj, dict):
     raise PromptFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+  pid = lambda default: str(obj["id"]) if "id" in obj else default
+  category = lambda default: _text(where, obj, "category") if "category" in obj else default
   if "turns" in obj and "question_id" in obj:  # Spec-Bench / MT-bench
     turns = obj["turns"]
     if (not isinstance(turns, list) or not turns
         or not all(isinstance(t, str) and t for t in turns)):
       raise PromptFileError(f"{where}: field 'turns' must be a non-empty list of non-empty "
                             f"strings, got {turns!r:.80}")
-    category = _text(where, obj, "category") if "category" in obj else "default"
-    return Prompt(str(obj["question_id"]), category, tuple(turns))
+    return Prompt(str(obj["question_id"]), category("default"), tuple(turns))
   if "task_id" in obj and "prompt" in obj:  # HumanEval
     return Prompt(str(obj["task_id"]), "humaneval", (_text(where, obj, "prompt"),))
   if "question" in obj and "answer" in obj:  # GSM8K
     return Prompt(f"gsm8k/{index}", "gsm8k", (_text(where, obj, "question"),))
+  if "conversations" in obj:  # ShareGPT
+    turns = _user_turns(where, obj["conversations"], "from", "value", ("human", "user"))
+    return Prompt(pid(str(index)), category("sharegpt"), turns)
+  if "messages" in obj:  # OpenAI chat
+    turns = _user_turns(where, obj["messages"], "role", "content", ("user",))
+    return Prompt(pid(str(index)), category("chat"), turns)
+  if "instruction" in obj and "context" in obj:  # Dolly
+    return Prompt(pid(str(index)), category("dolly"), (_joined(where, obj, "instruction", "context"),))
+  if "instruction" in obj:  # Alpaca
+    return Prompt(pid(str(index)), category("alpaca"), (_joined(where, obj, "instruction", "input"),))
   if "prompt" in obj:  # plain
-    category = _text(where, obj, "category") if "category" in obj else "default"
-    pid = str(obj["id"]) if "id" in obj else str(index)
-    return Prompt(pid, category, (_text(where, obj, "prompt"),))
+    return Prompt(pid(str(index)), category("default"), (_text(where, obj, "prompt"),))
   raise PromptFileError(
       f"{where}: unknown prompt format, keys {sorted(obj)}; expected Spec-Bench/MT-bench "
       "('question_id', 'category', 'turns'), HumanEval ('task_id', 'prompt'), GSM8K "
-      "('question', 'answer') or plain ('prompt' with optional 'id', 'category')")
+      "('question', 'answer'), ShareGPT ('conversations' of 'from'/'value'), OpenAI chat "
+      "('messages' of 'role'/'content'), Alpaca ('instruction', optional 'input'), Dolly "
+      "('instruction', 'context') or plain ('prompt' with optional 'id', 'category')")
+
+
+def _records(path: str, kind: str):
+  """Yields (where, parsed JSON object or text line) of a prompt file, in file order."""
+  if kind == "json":
+    text = "".join(line for _, line in _read_lines(path))
+    try:
+      data = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise PromptFileError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})"
+                            ) from None
+    if isinstance(data, dict):  # {"data": [...]} / {"train": [...]}: a single list field.
+      lists = [v for v in data.values() if isinstance(v, list)]
+      data = lists[0] if len(lists) == 1 else data
+    if not isinstance(data, list):
+      raise PromptFileError(f"{path}: a .json prompt file must hold a list of records, got "
+                            f"{type(data).__name__}")
+    for n, obj in enumerate(data):
+      yield f"{path}: record {n}", obj
+    return
+  for lineno, line in _read_lines(path):
+    if not line.strip():
+      continue
+    where = f"{path}:{lineno}"
+    if kind == "text":
+      yield where, line.strip()
+      continue
+    try:
+      yield where, json.loads(line)
+    except json.JSONDecodeError as e:
+      raise PromptFileError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
 
 
 def _read_prompts(path: str) -> list[Prompt]:
   """Every prompt of the file, in file order, with ids checked unique."""
   if path.endswith(_TEXT_SUFFIXES):
-    is_text = True
+    kind = "text"
   elif path.endswith(_JSONL_SUFFIXES):
-    is_text = False
+    kind = "jsonl"
+  elif path.endswith(_JSON_SUFFIXES):
+    kind = "json"
   else:
     raise PromptFileError(f"{path}: unsupported prompt file extension; expected one of "
-                          f"{_JSONL_SUFFIXES + _TEXT_SUFFIXES}")
-  prompts, first_line = [], {}
-  for lineno, line in _read_lines(path):
-    if not line.strip():
-      continue
-    where = f"{path}:{lineno}"
-    if is_text:
-      prompt = Prompt(str(len(prompts)), "default", (line.strip(),))
+                          f"{_JSONL_SUFFIXES + _JSON_SUFFIXES + _TEXT_SUFFIXES}")
+  prompts, first_seen = [], {}
+  for where, obj in _records(path, kind):
+    if kind == "text":
+      prompt = Prompt(str(len(prompts)), "default", (obj,))
     else:
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise PromptFileError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
       prompt = _parse_record(where, obj, len(prompts))
-    if prompt.id in first_line:
+    if prompt.id in first_seen:
       raise PromptFileError(f"{where}: duplicate prompt id {prompt.id!r} "
-                            f"(first seen on line {first_line[prompt.id]})")
-    first_line[prompt.id] = lineno
+                            f"(first seen at {first_seen[prompt.id]})")
+    first_seen[prompt.id] = where
     prompts.append(prompt)
   if not prompts:
     raise PromptFileError(f"{path}: no prompts (the file is empty or blank)")
