@@ -77,16 +77,18 @@ def unroll(cfg: e3.Eagle3Config, params: dict, embed: jax.Array, tokens: jax.Arr
 
 def ttt_loss(cfg: e3.Eagle3Config, params: dict, embed: jax.Array, d2t: jax.Array,
              tokens: jax.Array, aux_hidden, target_logits: jax.Array, loss_mask: jax.Array, *,
-             steps: int, decay: float):
+             steps: int, decay: float, draft_logits: bool = False):
   """Sum over steps of decay**i * soft cross-entropy to the target; per-step loss and top-1 acc.
 
-  target_logits [B, T, V]; loss_mask [B, T] marks slots whose *target* distribution is trained
-  on (e.g. response tokens). Step i at slot j is supervised only where j >= i (a real prefix
-  exists) and slot j+1 is in the mask.
+  target_logits [B, T, V], or [B, T, Vd] already restricted to the draft vocabulary (in draft
+  order) with `draft_logits`; loss_mask [B, T] marks slots whose *target* distribution is
+  trained on (e.g. response tokens). Step i at slot j is supervised only where j >= i (a real
+  prefix exists) and slot j+1 is in the mask.
   """
   b, t = tokens.shape
-  ids = draft_vocab_ids(d2t)
-  tgt = target_logits[:, 1:][..., ids]  # slot j -> target distribution at slot j+1
+  tgt = target_logits[:, 1:]  # slot j -> target distribution at slot j+1
+  if not draft_logits:
+    tgt = tgt[..., draft_vocab_ids(d2t)]
   p_t = jax.nn.softmax(tgt, axis=-1)
   best = jnp.argmax(tgt, axis=-1)
   base = jnp.pad(loss_mask[:, 1:], ((0, 0), (0, 1)))[:, :t - 1]
