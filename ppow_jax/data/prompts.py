@@ -16,13 +16,15 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
+from ppow_jax.user_errors import UserError
+
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 _JSON_SUFFIXES = (".json", ".json.gz")
 _TEXT_SUFFIXES = (".txt", ".txt.gz")
 TRUNCATIONS = ("left", "error")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(UserError, ValueError):
   """A prompt file that cannot be read; the message names the file and, where known, the line."""
 
 

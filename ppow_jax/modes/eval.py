@@ -23,11 +23,12 @@ from ppow_jax.decoding import runner, sampling
 from ppow_jax.decoding.drafter_io import DrafterMismatchError, load_drafter
 from ppow_jax.evaluation import report
 from ppow_jax.models import hf_checkpoint
+from ppow_jax.user_errors import UserError
 
 AUTOREGRESSIVE = report.AUTOREGRESSIVE
 
 
-class EvalSetupError(ValueError):
+class EvalSetupError(UserError, ValueError):
   """A bad eval config, benchmark or drafter, found before decoding; the message names it."""
 
 
