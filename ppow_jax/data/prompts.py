@@ -264,8 +264,8 @@ def encode_prompts(tokenizer, prompts: Sequence[Prompt], max_prompt_len: int,
     ids = encode_prompt(tokenizer, prompt)
     if len(ids) > max_prompt_len:
       if truncation == "error":
-        raise ValueError(f"prompt {prompt.id!r} is {len(ids)} tokens, longer than "
-                         f"max_prompt_len={max_prompt_len}")
+        raise PromptFileError(f"prompt {prompt.id!r} is {len(ids)} tokens, longer than "
+                              f"max_prompt_len={max_prompt_len} (truncation='error')")
       if bos is not None and ids[0] == bos:
         ids = [bos] + ids[len(ids) - (max_prompt_len - 1):]
       else:
