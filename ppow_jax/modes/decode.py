@@ -25,7 +25,7 @@ def settings_from_config(config) -> runner.DecodeSettings:
       sp=sampling.SamplingParams(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p))
 
 
-def check_context(target_cfg, longest_prompt: int, max_new_tokens: int, window: int):
+def check_context(target_cfg, longest_prompt: int, max_new_tokens: int, window: int = 0):
   """A prompt + output that overflows the target's positions is refused before decoding.
 
   `longest_prompt` is the longest prompt of the run after truncation, so short prompts on a
@@ -33,11 +33,12 @@ def check_context(target_cfg, longest_prompt: int, max_new_tokens: int, window: 
   """
   need = longest_prompt + max_new_tokens + window + 1
   if need > target_cfg.max_position_embeddings:
+    draft = f" + config.decode.window ({window})" if window else ""
     raise ConfigValueError(
         f"the longest prompt ({longest_prompt} tokens) + config.decode.max_new_tokens "
-        f"({max_new_tokens}) + config.decode.window ({window}) + 1 = {need} exceeds the target's "
-        f"max_position_embeddings ({target_cfg.max_position_embeddings}); lower one of them "
-        "(prompts are cut to config.data.max_prompt_len)")
+        f"({max_new_tokens}){draft} + 1 = {need} exceeds the target's max_position_embeddings "
+        f"({target_cfg.max_position_embeddings}); lower one of them (prompts are cut to "
+        "config.data.max_prompt_len)")
 
 
 def run(config, workdir: str):
