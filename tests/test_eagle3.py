@@ -371,6 +371,14 @@ def test_drafter_on_real_target_features(stories_path):
   assert full.shape == (1, 5, 512) and np.isfinite(full).all()
 
 
+def test_export_warns_when_aux_layers_repeat(tmp_path, caplog):
+  """vLLM and SGLang capture each target layer once: a repeated aux layer is not servable."""
+  save_eagle3(_random_drafter(_cfg(aux_layers=(1, 2, 3))), str(tmp_path / "ok"))
+  assert "capture each layer once" not in caplog.text
+  save_eagle3(_random_drafter(_cfg(aux_layers=(2, 2, 3))), str(tmp_path / "repeat"))
+  assert "aux_layers=[2, 2, 3] name a layer twice" in caplog.text
+
+
 def _published_checkpoint(path, target_cfg, *, draft_vocab, embed, style, seed):
   """A drafter directory as EAGLE's repo or SpecForge's HF export writes it (random weights)."""
   from ppow_jax.eagle3.checkpoint import config_to_hf_dict, hf_tensors

@@ -43,6 +43,7 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from ppow_jax.eagle3.model import Eagle3Config, Eagle3Drafter, param_shapes
 from ppow_jax.models import safetensors_io
@@ -206,6 +207,12 @@ def save_eagle3(drafter: Eagle3Drafter, path: str, *, embed_table=None):
   when the drafter cannot share the target's, e.g. hidden_size != target hidden size).
   """
   cfg = drafter.cfg
+  if len(set(cfg.aux_layers)) < len(cfg.aux_layers):
+    # vLLM (`_set_aux_hidden_state_layers`) and SGLang capture each target layer once.
+    logging.warning("%s: aux_layers=%s name a layer twice (the default for targets of fewer than "
+                    "7 layers); vLLM and SGLang capture each layer once and cannot serve this "
+                    "drafter: train with three distinct --config.drafter.aux_layers to serve it",
+                    path, list(cfg.aux_layers))
   os.makedirs(path, exist_ok=True)
   tensors = hf_tensors(drafter)
   if embed_table is not None:
