@@ -25,12 +25,12 @@ _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
 
 
 def debug_requested(argv=None) -> bool:
-  """--debug on the command line (read before absl has parsed it) or PPOW_DEBUG=1."""
+  """PPOW_DEBUG=1, or --debug: in `argv` while absl has not parsed it yet, else the flag."""
   if os.environ.get(DEBUG_ENV, "").lower() not in ("", "0", "false", "no"):
     return True
-  if argv is None and flags.FLAGS.is_parsed() and "debug" in flags.FLAGS:
-    return bool(flags.FLAGS.debug)
-  return any(a in _DEBUG_ARGS for a in (sys.argv if argv is None else argv))
+  if argv is not None:
+    return any(a in _DEBUG_ARGS for a in argv)
+  return bool(flags.FLAGS.is_parsed() and flags.FLAGS.get_flag_value("debug", False))
 
 
 def fail(message: str):

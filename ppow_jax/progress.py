@@ -71,10 +71,10 @@ class Progress:
     if first:  # Restart the clock: rates count the steps after compilation only.
       self._started, self._t0, self._n0 = True, now, self.n
     if self._bar is not None:
+      if first:  # tqdm's clock and count restart here; "compiling" is over
+        self._bar.start_t, self._bar.initial = time.time(), self._bar.n + n
+        self._bar.set_postfix_str(self.postfix, refresh=False)
       self._bar.update(n)
-      if first:
-        self._bar.start_t, self._bar.initial = time.time(), self._bar.n  # tqdm's clock
-        self._bar.set_postfix_str(self.postfix, refresh=True)  # "compiling" is over
     elif self._lines and (first or now - self._last_line >= self._interval):
       self._last_line = now
       self._print(self._line(now, first))

@@ -64,7 +64,8 @@ def generate(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], out
   settings = runner.DecodeSettings(window=0, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                    seed=seed, sp=sampling.SamplingParams(temperature=temperature,
                                                                          top_p=top_p))
-  results = runner.decode(target_cfg, target_params, prompt_ids, settings, desc="self-distill")
+  results = runner.decode(target_cfg, target_params, prompt_ids, settings, desc="self-distill",
+                          leave=True)
   records = [np.asarray([len(p), *p, *r.output_token_ids], np.int32)
              for p, r in zip(prompt_ids, results)]
   write_records(out_path, records)

@@ -209,10 +209,10 @@ def save_eagle3(drafter: Eagle3Drafter, path: str, *, embed_table=None):
   cfg = drafter.cfg
   if len(set(cfg.aux_layers)) < len(cfg.aux_layers):
     # vLLM (`_set_aux_hidden_state_layers`) and SGLang capture each target layer once.
-    logging.warning("%s: aux_layers=%s name a layer twice (the default for targets of fewer than "
-                    "7 layers); vLLM and SGLang capture each layer once and cannot serve this "
-                    "drafter: train with three distinct --config.drafter.aux_layers to serve it",
-                    path, list(cfg.aux_layers))
+    logging.warning("%s: aux_layers=%s name a layer twice (the default below 7 target layers): "
+                    "vLLM and SGLang, which capture each layer once, cannot serve it; train with "
+                    "three distinct --config.drafter.aux_layers for them", path,
+                    list(cfg.aux_layers))
   os.makedirs(path, exist_ok=True)
   tensors = hf_tensors(drafter)
   if embed_table is not None:
