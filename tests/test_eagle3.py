@@ -389,14 +389,19 @@ def _published_checkpoint(path, target_cfg, *, draft_vocab, embed, style, seed):
   tensors["embed_tokens.weight"] = embed
   c = config_to_hf_dict(d.cfg)
   del c["eagle_aux_hidden_state_layer_ids"], c["eagle_config"], c["rope_parameters"]
-  if style == "eagle":  # no aux layer ids (the target's default), float16, pytorch-era fields
+  if style == "eagle":  # no aux layer ids (the target's default), float16, torch-era fields
     c.update(torch_dtype="float16", transformers_version="4.28.1", pad_token_id=0)
     del c["dtype"], c["norm_before_residual"]
     tensors = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in tensors.items()}
   else:  # SpecForge: ids in eagle_config only, output-of-layer convention
     c["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": [i - 1 for i in d.cfg.aux_layers]}
   os.makedirs(path)
-  safetensors_io.save(os.path.join(path, "model.safetensors"), tensors, {"format": "pt"})
+  if style == "eagle":  # EAGLE publishes torch.save'd weights
+    torch = pytest.importorskip("torch")
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()},
+               os.path.join(path, "pytorch_model.bin"))
+  else:
+    safetensors_io.save(os.path.join(path, "model.safetensors"), tensors, {"format": "pt"})
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(c, f)
   return d

@@ -6,6 +6,7 @@ A directory with `config.json` (a Llama config with `architectures: ["LlamaForCa
   fc.weight, midlayer.{input_layernorm,hidden_norm,post_attention_layernorm}.weight,
   midlayer.self_attn.{q,k,v,o}_proj.weight, midlayer.mlp.{gate,up,down}_proj.weight,
   norm.weight, lm_head.weight, and d2t (int64 [Vd]), t2d (bool [V]) only when Vd < V.
+Import also reads EAGLE's `pytorch_model.bin` (a torch.save state dict, via `torch_zip`).
 What the readers do with each (vLLM 0.33 `llama_eagle3.py` + `llm_base_proposer.py`, SGLang
 `llama_eagle3.py` + `llama.py`, SpecForge 0.2 `llama3_eagle.py`, EAGLE `cnets.py`):
   * d2t: vLLM creates its `draft_id_to_target_id` parameter only when draft_vocab_size differs
@@ -46,7 +47,7 @@ import numpy as np
 from absl import logging
 
 from ppow_jax.eagle3.model import Eagle3Config, Eagle3Drafter, param_shapes
-from ppow_jax.models import safetensors_io
+from ppow_jax.models import safetensors_io, torch_zip
 from ppow_jax.models.config import ConfigError, ModelConfig
 from ppow_jax.models.hf_checkpoint import CheckpointError, _tensor_index
 
@@ -71,6 +72,8 @@ TENSOR_TABLE = {
     "lm_head.weight": (("lm_head",), True),
 }
 EMBED_TENSOR = "embed_tokens.weight"
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
+TORCH_FILE = "pytorch_model.bin"  # EAGLE's published drafters (torch.save), read without torch
 
 
 # --- config.json <-> Eagle3Config ----------------------------------------------------------
@@ -230,7 +233,12 @@ def save_eagle3(drafter: Eagle3Drafter, path: str, *, embed_table=None):
 
 
 def _load_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:
-  """{name: (array, file)} over the single file or the shards of the index."""
+  """{name: (array, file)} over the single file or the shards of the index, or EAGLE's
+  `pytorch_model.bin` when there is no safetensors file."""
+  torch_file = os.path.join(path, TORCH_FILE)
+  if os.path.exists(torch_file) and not any(
+      os.path.exists(os.path.join(path, f)) for f in SAFETENSORS_FILES):
+    return {k: (v, torch_file) for k, v in torch_zip.load(torch_file).items()}
   where = _tensor_index(path)
   opened, out = {}, {}
   for name, fname in where.items():
