@@ -136,7 +136,7 @@ def run(config, workdir: str):
 
 
 def _target_summary(s: dict, seconds: float | None) -> str:
-  """'  target: 1.05M parameters, 1500 steps in 3 min 10 s; held-out 3.59 nats/token, 1.74
+  """'  target: 1.05M parameters, 1500 steps in 3 min 10 s; held-out loss 3.59 nats/token, 1.74
   bits/byte' from the target's DONE summary (`seconds` None: it was cached)."""
   took = f" in {duration(seconds)}" if seconds is not None else " (cached)"
   return (f"  target: {s['num_params'] / 1e6:.2f}M parameters, {s['steps']} steps{took}; "
