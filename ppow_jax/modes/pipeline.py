@@ -62,10 +62,10 @@ def run(config, workdir: str):
     s = target_settings(config)
     t0 = time.perf_counter()
     trained = target_lm.ensure_target(os.path.join(workdir, "target"), s)
-    timings["target"] = time.perf_counter() - t0
+    if trained.params is not None:  # trained now, not cached
+      timings["target"] = time.perf_counter() - t0
     target_path = trained.path
-    print(_target_summary(trained.summary, timings["target"] if trained.params is not None
-                          else None))
+    print(_target_summary(trained.summary, timings.get("target")))
     # Prompts: line-aligned snippets of the target's training text (self-distillation) and of
     # held-out files (evaluation), so evaluation never sees a prompt the drafter trained on.
     train_docs, heldout_docs = corpus.split_documents(
