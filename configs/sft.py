@@ -31,6 +31,12 @@ def get_config():
       # "" = vLLM/SGLang's default (2, L//2, L-3).
       aux_layers=""))
   c.data = ml_collections.ConfigDict(dict(
+      # Prompts: comma-separated files (any format data.prompts reads) and/or `synthesize` > 0
+      # prompts the target writes itself (Magpie); prompts overlapping the `exclude` files
+      # (evaluation sets, comma-separated) are dropped. Neither: a base LM samples from BOS.
+      exclude="", synthesize=0,
+      synthesis=ml_collections.ConfigDict(dict(max_tokens=96, temperature=1.0, top_p=1.0,
+                                               min_chars=12)),
       dir="",  # "" = WORKDIR/data; share it between runs to generate once
       prompts="", num_samples=4096, num_heldout=32, max_prompt_len=128,
       max_new_tokens=127, heldout_temperature=1.0, temperature=0.7, gen_batch_size=64, seq_len=128))

@@ -194,14 +194,22 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
   d = f.section("data")
   if d is not None:
     if not in_pipeline:
-      d.path("prompts", "file")
+      d.files("prompts")
+    d.files("exclude")
+    d.int("synthesize", 0)
+    syn = d.section("synthesis")
+    if syn is not None:
+      syn.int("max_tokens", 1)
+      syn.int("min_chars", 0)
+      _sampling(syn)
     for name in ("num_samples", "max_prompt_len", "max_new_tokens", "gen_batch_size"):
       d.int(name, 1)
     d.int("num_heldout", 0)
     d.int("seq_len", 2)
     d.number("temperature", 0.0)
     d.number("heldout_temperature", 0.0)
-    if (d.has("num_samples") and d.has("num_heldout") and not d.config.get("prompts")
+    from_bos = not d.config.get("prompts") and not d.config.get("synthesize")
+    if (from_bos and d.has("num_samples") and d.has("num_heldout")
         and d["num_heldout"] >= d["num_samples"]):
       d.fail("num_heldout", f"must be below data.num_samples={d['num_samples']} (the rest "
              "is the training data)")

@@ -41,12 +41,10 @@ def inputs(stories_path, tmp_path_factory):
   rng = np.random.default_rng(0)
   data = root / "data"
   data.mkdir()
-  for split, n in (("train", 20), ("heldout", 4)):
-    records = [np.asarray([1, tcfg.bos_token_id, *rng.integers(3, tcfg.vocab_size, 31)], np.int32)
-               for _ in range(n)]
-    path = str(data / f"selfdistill-{split}.array_record")
-    selfdistill.write_records(path, records)
-    run_files.write_json(path + ".meta.json", {"num_records": n})
+  splits = {split: [np.asarray([1, tcfg.bos_token_id, *rng.integers(3, tcfg.vocab_size, 31)],
+                                np.int32) for _ in range(n)]
+            for split, n in (("train", 20), ("heldout", 4))}
+  selfdistill.write_dataset(str(data), splits)
   drafter = e3.Eagle3Drafter(e3.Eagle3Config.from_target(tcfg, draft_vocab_size=128),
                              rngs=nnx.Rngs(3))
   drafter.set_vocab_maps(*build_vocab_maps(rng.integers(0, 50, tcfg.vocab_size), 128))

@@ -327,8 +327,7 @@ def test_ablation_switches(start):
   config = _config("ppow", base)
   target = drafter_run.load_target(config)
   drafter = load_eagle3(config.drafter.init_from, target.cfg)
-  records = selfdistill.read_records(os.path.join(config.data.dir,
-                                                  "selfdistill-train.array_record"))
+  records = selfdistill.load(config.data.dir, "train")
   batch = selfdistill.SequenceData(records, seq_len=32, batch_size=8, seed=0).batch(0)
   opt = drafter_run.make_optimizer(config.optim, 10)
   params = drafter.params()
@@ -382,8 +381,7 @@ def test_ttt_aux_loss(start):
   config = _config("ppow", {**start["base"], "ppow.ppo_epochs": 1, "ppow.ttt_steps": 2})
   target = drafter_run.load_target(config)
   drafter = load_eagle3(config.drafter.init_from, target.cfg)
-  records = selfdistill.read_records(os.path.join(config.data.dir,
-                                                  "selfdistill-train.array_record"))
+  records = selfdistill.load(config.data.dir, "train")
   batch = jax.tree.map(jnp.asarray,
                        selfdistill.SequenceData(records, seq_len=32, batch_size=8, seed=0).batch(0))
   opt = drafter_run.make_optimizer(config.optim, 10)

@@ -221,21 +221,20 @@ def test_heldout_temperature_and_stale_data_cache(reference, target, data_dir, c
   data.temperature; a cache made with other settings is reused as it is, with a warning that
   names the file and the fields."""
   _, config, _ = reference
-  with open(os.path.join(data_dir, "selfdistill-train.array_record.meta.json")) as f:
-    assert json.load(f)["temperature"] == config.data.temperature == 0.7
-  with open(os.path.join(data_dir, "selfdistill-heldout.array_record.meta.json")) as f:
-    assert json.load(f)["temperature"] == config.data.heldout_temperature == 1.0
+  meta = drafter_run.selfdistill.datasets.SelfDistillation(data_dir=data_dir).info.metadata
+  assert meta["settings"]["train"]["temperature"] == config.data.temperature == 0.7
+  assert meta["settings"]["heldout"]["temperature"] == config.data.heldout_temperature == 1.0
   train, heldout = drafter_run.prepare_data(config, drafter_run.Target(target, None), "unused")
   assert "reusing cached" not in caplog.text
   stale = config.copy_and_resolve_references()
   stale.data.update(temperature=0.5, num_samples=20)
   def no_decode(*a, **k):
     raise AssertionError("the cache was regenerated")
-  monkeypatch.setattr(drafter_run.selfdistill.runner, "decode", no_decode)
+  monkeypatch.setattr(drafter_run.selfdistill, "generate_split", no_decode)
   train2, heldout2 = drafter_run.prepare_data(stale, drafter_run.Target(target, None), "unused")
   assert [r.tolist() for r in train2] == [r.tolist() for r in train]
   assert [r.tolist() for r in heldout2] == [r.tolist() for r in heldout]
-  assert "selfdistill-train.array_record.meta.json: reusing cached" in caplog.text
+  assert "self_distillation/1.0.0: reusing cached self-distillation train split" in caplog.text
   assert "num_records=20, temperature=0.7; this config asks for num_records=16, temperature=0.5" \
       in caplog.text
 

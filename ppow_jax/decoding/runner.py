@@ -47,11 +47,8 @@ def bucket_length(n: int, min_bucket: int) -> int:
 
 def decode(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], settings: DecodeSettings,
            *, drafter=None, drafter_params: Any = None, desc: str = "decode",
-           progress: bool = True, leave: bool = False) -> list[DecodeResult]:
-  """Decodes every prompt (lists of token ids); returns one result per prompt, in order.
-
-  The progress bar is transient unless `leave` (a stage of its own, e.g. self-distillation).
-  """
+           progress: bool = True) -> list[DecodeResult]:
+  """Decodes every prompt (lists of token ids); returns one result per prompt, in order."""
   results: list[DecodeResult | None] = [None] * len(prompt_ids)
   warmed: set[int] = set()
   bs = settings.batch_size
@@ -64,7 +61,7 @@ def decode(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], setti
   kw = dict(drafter=drafter, drafter_params=drafter_params,
             window=settings.window if drafter is not None else 0,
             max_new_tokens=settings.max_new_tokens, sp=settings.sp, eos_ids=target_cfg.eos_ids)
-  bar = Progress(len(batches), desc, unit="batch", leave=leave, enabled=progress)
+  bar = Progress(len(batches), desc, unit="batch", leave=False, enabled=progress)
   for bi, rows in enumerate(batches):
     lens = [len(prompt_ids[i]) for i in rows]
     p = bucket_length(max(lens), settings.min_bucket)

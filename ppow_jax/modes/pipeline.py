@@ -149,7 +149,7 @@ def _heldout_prompt_file(sft_cfg, target_path: str, path: str):
   from ppow_jax.data import selfdistill
   from ppow_jax.models import hf_checkpoint
   tok = hf_checkpoint.load_tokenizer(target_path)
-  recs = selfdistill.read_records(os.path.join(sft_cfg.data.dir, "selfdistill-heldout.array_record"))
+  recs = selfdistill.load(sft_cfg.data.dir, "heldout")
   n = sft_cfg.eval.prompt_len
   run_files.write_jsonl(path, [
       {"id": f"heldout/{i}", "category": "heldout",

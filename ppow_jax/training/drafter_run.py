@@ -13,6 +13,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from ppow_jax.data import datasets, magpie
 from ppow_jax.data import prompts as prompt_files
 from ppow_jax.data import selfdistill
 from ppow_jax.decoding import runner
@@ -78,17 +79,62 @@ def data_dir(config, workdir: str) -> str:
   return config.data.dir or os.path.join(workdir, "data")
 
 
+def _split_paths(value) -> list[str]:
+  return [x.strip() for x in str(value or "").split(",") if x.strip()]
+
+
+def training_prompts(config, target: Target, out: str) -> list[prompt_files.Prompt]:
+  """The prompts the target answers: `data.prompts` files plus, with `data.synthesize` > 0,
+  prompts the target writes itself (Magpie, cached in out/synthesized_prompts.jsonl); read
+  through the `datasets.Prompts` tfds dataset, which drops duplicates and any prompt sharing an
+  8-word n-gram with an evaluation file of `data.exclude`."""
+  d = config.data
+  files, exclude = _split_paths(d.prompts), _split_paths(d.get("exclude", ""))
+  if d.get("synthesize", 0):
+    synth = os.path.join(out, "synthesized_prompts.jsonl")
+    if not os.path.exists(synth):
+      s = d.synthesis
+      settings = magpie.MagpieSettings(
+          num_prompts=d.synthesize, max_tokens=s.max_tokens, temperature=s.temperature,
+          top_p=s.top_p, min_chars=s.min_chars, batch_size=d.gen_batch_size, seed=config.seed)
+      guard = magpie.Decontaminator.from_files(exclude) if exclude else None
+      texts, stats = magpie.synthesize(target.cfg, target.params(), target.tokenizer, settings,
+                                       decontaminator=guard)
+      print(f"prompt synthesis: kept {stats.kept} of {stats.sampled} samples (runaway "
+            f"{stats.runaway}, short {stats.too_short}, duplicate {stats.duplicate}, "
+            f"evaluation overlap {stats.contaminated})")
+      run_files.write_jsonl(synth, [{"id": f"synth/{i}", "category": "synthesized", "prompt": t}
+                                    for i, t in enumerate(texts)])
+    files.append(synth)
+  builder = datasets.Prompts(files=files, exclude=exclude, data_dir=out)
+  if builder.is_prepared():
+    have = builder.info.metadata
+    want = {"files": [os.path.abspath(f) for f in files],
+            "exclude": [os.path.abspath(f) for f in exclude]}
+    stale = [k for k in want if list(have.get(k, [])) != want[k]]
+    if stale:
+      logging.warning("%s: reusing cached prompts made from %s; this config asks for %s (use "
+                      "another data.dir to rebuild)", builder.data_dir,
+                      {k: have.get(k) for k in stale}, {k: want[k] for k in stale})
+  else:
+    builder.download_and_prepare()
+  src = builder.as_data_source()["train"]
+  return [prompt_files.Prompt(str(r["id"]), str(r["category"]), (str(r["text"]),))
+          for r in (src[i] for i in range(len(src)))]
+
+
 def prepare_data(config, target: Target, workdir: str):
   """Generates (once, cached) and reads the train / held-out self-distillation records.
 
-  With `data.prompts` the target answers those prompts (the last `data.num_heldout` are held
-  out); without, a base LM samples `data.num_samples` sequences from BOS.
+  With prompt files (`data.prompts`) or prompt synthesis (`data.synthesize`) the target answers
+  those prompts (the last `data.num_heldout` are held out); without, a base LM samples
+  `data.num_samples` sequences from BOS.
   """
   d = config.data
   out = data_dir(config, workdir)
   os.makedirs(out, exist_ok=True)
-  if d.prompts:
-    prompts = prompt_files.load_prompts(d.prompts, limit=d.num_samples or None)
+  if d.prompts or d.get("synthesize", 0):
+    prompts = training_prompts(config, target, out)[:d.num_samples or None]
     ids = prompt_files.encode_prompts(target.tokenizer, prompts, d.max_prompt_len)
   else:
     bos = target.cfg.bos_token_id
@@ -100,19 +146,16 @@ def prepare_data(config, target: Target, workdir: str):
     raise ConfigValueError(f"config.data.prompts: {len(ids)} prompts, not more than "
                            f"config.data.num_heldout={d.num_heldout} (the rest is the training "
                            "data)")
-  splits = {"train": ids[:len(ids) - d.num_heldout], "heldout": ids[len(ids) - d.num_heldout:]}
   # Held-out sequences use their own temperature (default 1): sampled at a low data temperature
   # they would mostly repeat training openings and flatter the drafter.
-  temps = {"train": d.temperature, "heldout": d.get("heldout_temperature", d.temperature)}
-  records = {}
-  for name, split_ids in splits.items():
-    path = os.path.join(out, f"selfdistill-{name}.array_record")
-    meta = selfdistill.generate(
-        target.cfg, target.params(), split_ids, path, max_new_tokens=d.max_new_tokens,
-        temperature=temps[name], batch_size=d.gen_batch_size,
-        seed=config.seed + (0 if name == "train" else 7919))
-    logging.info("self-distillation %s: %s", name, meta)
-    records[name] = selfdistill.read_records(path)
+  specs = {
+      "train": selfdistill.SplitSpec(ids[:len(ids) - d.num_heldout], d.max_new_tokens,
+                                     d.temperature, config.seed),
+      "heldout": selfdistill.SplitSpec(ids[len(ids) - d.num_heldout:], d.max_new_tokens,
+                                       d.get("heldout_temperature", d.temperature),
+                                       config.seed + 7919)}
+  records = selfdistill.prepare(target.cfg, target.params(), out, specs,
+                                batch_size=d.gen_batch_size)
   return records["train"], records["heldout"]
 
 

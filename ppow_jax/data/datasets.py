@@ -1,0 +1,140 @@
+"""tensorflow-datasets builders over local files: prompts and self-distillation sequences.
+
+As in the Flax examples, training data is a tfds dataset read through `as_data_source()` (random
+access over ArrayRecord files), here built from local files only: no download, no TensorFlow
+(tfds writes and reads ArrayRecord without it).
+
+  * `Prompts`: the prompts of local files in any format `prompts.load_prompts` reads
+    (features id, category, text = first user turn).
+  * `SelfDistillation`: the target's own answers, split `train` / `heldout` (features tokens =
+    prompt + response token ids, prompt_len). The builder packs generation chunks written by
+    `selfdistill.generate`; the generation settings are kept in the dataset's metadata so a
+    reused directory can be checked against the config that reads it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ppow_jax.data import prompts as prompt_files
+
+
+class Prompts(tfds.core.GeneratorBasedBuilder):
+  """Prompts of local prompt files as one `train` split, in file order, without duplicates
+  (normalised text) and without any prompt an evaluation file holds (`exclude`)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, files: Sequence[str] = (), exclude: Sequence[str] = (), **kwargs):
+    self._files = list(files)
+    self._exclude = list(exclude)
+    super().__init__(file_format="array_record", **kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, description="Prompts read from local files by ppow_jax.data.prompts.",
+        disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            "id": tfds.features.Text(), "category": tfds.features.Text(),
+            "text": tfds.features.Text()}),
+        metadata=tfds.core.MetadataDict(files=[os.path.abspath(f) for f in self._files],
+                                        exclude=[os.path.abspath(f) for f in self._exclude]))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    from ppow_jax.data import magpie  # the normaliser and n-gram check
+    guard = magpie.Decontaminator.from_files(self._exclude) if self._exclude else None
+    seen, n, dropped = set(), 0, {"duplicate": 0, "evaluation_overlap": 0}
+    for path in self._files:
+      for p in prompt_files.load_prompts(path):
+        key = magpie.normalize(p.turns[0])
+        if key in seen:
+          dropped["duplicate"] += 1
+          continue
+        if guard is not None and guard.contaminated(p.turns[0]):
+          dropped["evaluation_overlap"] += 1
+          continue
+        seen.add(key)
+        yield n, {"id": p.id, "category": p.category, "text": p.turns[0]}
+        n += 1
+    self.info.metadata["dropped"] = dropped
+
+
+class SelfDistillation(tfds.core.GeneratorBasedBuilder):
+  """The target's answers to training / held-out prompts, as packed token sequences."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, chunks: dict[str, Callable[[], Sequence[str]]] | None = None,
+               settings: dict | None = None, **kwargs):
+    self._chunks = chunks or {}
+    self._settings = settings or {}
+    super().__init__(file_format="array_record", **kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Self-distillation: the target model's own responses (ppow_jax).",
+        disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            "tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+            "prompt_len": np.int32}),
+        metadata=tfds.core.MetadataDict(settings=self._settings))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(list_chunks())
+            for split, list_chunks in self._chunks.items()}
+
+  def _generate_examples(self, chunk_files):
+    n = 0
+    for path in chunk_files:
+      for prompt_len, tokens in read_chunk(path):
+        yield n, {"tokens": tokens, "prompt_len": prompt_len}
+        n += 1
+
+
+def write_chunk(path: str, records: Sequence[tuple[int, np.ndarray]]):
+  """A generation chunk: (prompt_len, tokens) pairs, written atomically."""
+  lens = np.asarray([len(t) for _, t in records], np.int64)
+  tokens = (np.concatenate([np.asarray(t, np.int32) for _, t in records]) if records
+            else np.zeros((0,), np.int32))
+  tmp = f"{path}.tmp{os.getpid()}.npz"
+  np.savez(tmp, prompt_lens=np.asarray([p for p, _ in records], np.int32), lengths=lens,
+           tokens=tokens)
+  os.replace(tmp, path)
+
+
+def read_chunk(path: str) -> list[tuple[int, np.ndarray]]:
+  with np.load(path) as z:
+    ends = np.cumsum(z["lengths"])
+    starts = ends - z["lengths"]
+    tokens = z["tokens"]
+    return [(int(p), tokens[s:e]) for p, s, e in zip(z["prompt_lens"], starts, ends)]
+
+
+class Records:
+  """Random-access view of a SelfDistillation split as packed arrays [prompt_len, tokens...]
+  (the layout `selfdistill.SequenceData` and the evaluation prompts read)."""
+
+  def __init__(self, source):
+    self._source = source
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, i):
+    if isinstance(i, slice):
+      return [self[j] for j in range(*i.indices(len(self)))]
+    ex = self._source[int(i)]
+    return np.concatenate([[np.int32(ex["prompt_len"])], np.asarray(ex["tokens"], np.int32)])
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
