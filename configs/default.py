@@ -37,7 +37,7 @@ def get_config():
   c.workdir = "runs/default"
   c.seed = 0
   c.target = ml_collections.ConfigDict(dict(path=""))  # "" = train the embedded target (stage 1)
-  # Stage 1: every field of ppow_jax.pipeline.target_lm.TargetLMSettings (~3.5 CPU minutes).
+  # Stage 1: every field of ppow_jax.pipeline.target_lm.TargetLMSettings (a 1500-step budget).
   c.target_lm = ml_collections.ConfigDict(dataclasses.asdict(target_lm.TargetLMSettings()))
   # Prompts cut from the target's training text (self-distillation) and held-out files (eval).
   c.prompts = ml_collections.ConfigDict(dict(num_train=512, num_eval=24, prompt_chars=160))

@@ -16,6 +16,7 @@ from jax.sharding import AbstractMesh
 
 from ppow_jax.modes import dryrun
 from ppow_jax.parallel import sharding
+from ppow_jax.user_errors import ConfigValueError
 
 TARGETS = pathlib.Path(__file__).resolve().parents[1] / "configs" / "targets"
 NAMES = ("llama31_8b", "llama33_70b", "qwen3_8b", "qwen3_32b")
@@ -89,7 +90,7 @@ def test_rules_and_topology_overrides():
   rows = {r["name"]: r for r in plan.params()}
   assert rows["target/layers/q_proj"]["spec"] == str((None, "data", "tensor"))  # fsdp=1 here
   assert rows["target/embed"]["spec"] == str((None, "data"))  # vocab now replicated
-  with pytest.raises(KeyError, match="heads"):
+  with pytest.raises(ConfigValueError, match="unknown logical axis 'heads'"):
     sharding.parse_rules("heads=tensor")
   with pytest.raises(ValueError, match="not mesh axes"):
     sharding.parse_rules({"embed": "model"})

@@ -323,18 +323,33 @@ def test_missing_or_misshaped_tensor_is_named(saved):
   assert os.path.basename(fname) == "model.safetensors"
 
 
-def test_embed_tokens_optional_tensor(tmp_path):
-  d = _random_drafter(_cfg(draft_vocab_size=V))
+def test_full_vocab_export_omits_vocab_maps_and_reimports(tmp_path):
+  """Draft vocabulary = target vocabulary: no d2t/t2d (vLLM creates its d2t parameter only for a
+  reduced vocabulary, EAGLE drops both), the config fields the serving readers use, and an exact
+  re-import with identity maps."""
+  d = _random_drafter(_cfg(draft_vocab_size=V, target_hidden_size=H))
   embed = np.random.default_rng(0).normal(size=(V, H)).astype(np.float32)
   path = str(tmp_path / "d")
   save_eagle3(d, path, embed_table=embed)
-  np.testing.assert_array_equal(read_embed_tokens(path), embed)
+  safetensors = pytest.importorskip("safetensors")
+  with safetensors.safe_open(os.path.join(path, "model.safetensors"), framework="numpy") as f:
+    assert set(f.keys()) == (set(EXPECTED_SHAPES) - {"d2t", "t2d"}) | {"embed_tokens.weight"}
   with open(os.path.join(path, "config.json")) as f:
-    assert json.load(f)["draft_vocab_size"] == V
-  _rewrite(path, lambda t: [t.pop("d2t"), t.pop("t2d")])  # identity maps may be omitted (vLLM)
+    c = json.load(f)
+  assert c["draft_vocab_size"] == c["vocab_size"] == V
+  assert "target_hidden_size" not in c  # equal to hidden_size: EAGLE would stop sharing embeddings
+  assert c["eagle_config"] == {"eagle_aux_hidden_state_layer_ids": [0, 1, 2],
+                               "use_aux_hidden_state": True}
+  assert c["eagle_aux_hidden_state_layer_ids"] == [1, 2, 3] and "norm_output" not in c
   back = load_eagle3(path)
+  assert back.cfg == d.cfg
+  jax.tree.map(np.testing.assert_array_equal, back.params(), d.params())
   np.testing.assert_array_equal(back.d2t[...], 0)
   assert bool(back.t2d[...].all())
+  np.testing.assert_array_equal(read_embed_tokens(path), embed)
+  _rewrite(path, lambda t: t.update({"embed_tokens.weight": np.zeros((V, H + 1), np.float32)}))
+  with pytest.raises(CheckpointError, match=rf"'embed_tokens\.weight' has shape \({V}, {H + 1}\)"):
+    load_eagle3(path)
 
 
 # --- with the real target --------------------------------------------------------------------
@@ -354,3 +369,69 @@ def test_drafter_on_real_target_features(stories_path):
   assert logits.shape == (1, 5, 128) and hidden.shape == (1, 5, target.cfg.hidden_size)
   full = d.to_target_logits(logits)
   assert full.shape == (1, 5, 512) and np.isfinite(full).all()
+
+
+def test_export_warns_when_aux_layers_repeat(tmp_path, caplog):
+  """vLLM and SGLang capture each target layer once: a repeated aux layer is not servable."""
+  save_eagle3(_random_drafter(_cfg(aux_layers=(1, 2, 3))), str(tmp_path / "ok"))
+  assert "capture each layer once" not in caplog.text
+  save_eagle3(_random_drafter(_cfg(aux_layers=(2, 2, 3))), str(tmp_path / "repeat"))
+  assert "aux_layers=[2, 2, 3] name a layer twice" in caplog.text
+
+
+def _published_checkpoint(path, target_cfg, *, draft_vocab, embed, style, seed):
+  """A drafter directory as EAGLE's repo or SpecForge's HF export writes it (random weights)."""
+  from ppow_jax.eagle3.checkpoint import config_to_hf_dict, hf_tensors
+  d = _random_drafter(Eagle3Config.from_target(target_cfg, draft_vocab_size=draft_vocab), seed)
+  tensors = hf_tensors(d)
+  tensors["d2t"] = np.asarray(d.d2t[...], np.int64)  # both write the maps, even for a full vocab
+  tensors["t2d"] = np.asarray(d.t2d[...], np.bool_)
+  tensors["embed_tokens.weight"] = embed
+  c = config_to_hf_dict(d.cfg)
+  del c["eagle_aux_hidden_state_layer_ids"], c["eagle_config"], c["rope_parameters"]
+  if style == "eagle":  # no aux layer ids (the target's default), float16, torch-era fields
+    c.update(torch_dtype="float16", transformers_version="4.28.1", pad_token_id=0)
+    del c["dtype"], c["norm_before_residual"]
+    tensors = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in tensors.items()}
+  else:  # SpecForge: ids in eagle_config only, output-of-layer convention
+    c["eagle_config"] = {"eagle_aux_hidden_state_layer_ids": [i - 1 for i in d.cfg.aux_layers]}
+  os.makedirs(path)
+  if style == "eagle":  # EAGLE publishes torch.save'd weights
+    torch = pytest.importorskip("torch")
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()},
+               os.path.join(path, "pytorch_model.bin"))
+  else:
+    safetensors_io.save(os.path.join(path, "model.safetensors"), tensors, {"format": "pt"})
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(c, f)
+  return d
+
+
+@pytest.mark.parametrize("style,draft_vocab", [("eagle", 128), ("specforge", None)])
+def test_published_layout_with_embed_tokens_imports_and_decodes_losslessly(
+    stories_path, tmp_path, style, draft_vocab):
+  from ppow_jax.decoding import runner
+  from ppow_jax.eagle3.engine_adapter import load_for_engine
+  from ppow_jax.models.hf_checkpoint import load_model
+  target = load_model(stories_path)
+  tp = target.params()
+  # EAGLE-style: an embedding of its own; SpecForge-style: the frozen copy of the target's.
+  embed = (np.random.default_rng(3).normal(size=np.shape(tp["embed"])).astype(np.float32)
+           if style == "eagle" else np.asarray(tp["embed"]))
+  path = str(tmp_path / style)
+  d = _published_checkpoint(path, target.cfg, draft_vocab=draft_vocab, embed=embed, style=style,
+                            seed=5)
+  drafter, params = load_for_engine(path, target.cfg, tp)
+  assert drafter.cfg.aux_layers == d.cfg.aux_layers == (2, 2, 2)
+  assert drafter.cfg.dtype == ("bfloat16" if style == "eagle" else "float32")
+  np.testing.assert_allclose(np.asarray(params["embed"], np.float32),
+                             np.asarray(embed.astype(np.float16) if style == "eagle" else embed,
+                                        np.float32), rtol=1e-2)
+  np.testing.assert_array_equal(params["d2t"], d.d2t[...])
+  prompts = [[1, 403, 407, 261, 378], [1, 291, 280, 294, 300, 40]]
+  s = runner.DecodeSettings(window=4, max_new_tokens=20, batch_size=2)
+  ar = runner.decode(target.cfg, tp, prompts, s, progress=False)
+  spec = runner.decode(target.cfg, tp, prompts, s, drafter=drafter, drafter_params=params,
+                       progress=False)
+  assert [r.output_token_ids for r in spec] == [r.output_token_ids for r in ar]
+  assert all(len(r.output_token_ids) == 20 for r in ar)

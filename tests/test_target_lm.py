@@ -1,7 +1,10 @@
 """Pipeline stage 1: stdlib corpus, BPE tokenizer, packing, training, and the target directory."""
 
+import importlib.util
 import json
 import os
+import pathlib
+import time
 
 import flax.nnx as nnx
 import jax.numpy as jnp
@@ -11,6 +14,14 @@ import pytest
 from ppow_jax.models import hf_checkpoint, transformer
 from ppow_jax.pipeline import corpus
 from ppow_jax.pipeline import target_lm as tl
+
+
+def _load_default_config():
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
+  spec = importlib.util.spec_from_file_location("ppow_configs_default", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +106,7 @@ def test_learning_rate_schedule():
 def _tiny_settings(**kw):
   base = dict(corpus_bytes=60_000, vocab_size=300, hidden_size=32, intermediate_size=64,
               num_layers=2, num_heads=4, num_kv_heads=2, max_position_embeddings=32, seq_len=16,
-              batch_size=2, steps=40, time_budget_s=None, learning_rate=1e-2, warmup_steps=2,
+              batch_size=2, steps=40, learning_rate=1e-2, warmup_steps=2,
               log_every=2, eval_rows=8, sample_prompts=("def ",), sample_tokens=4)
   return tl.TargetLMSettings(**{**base, **kw})
 
@@ -172,7 +183,40 @@ def test_train_target_writes_loadable_dir_and_rerun_skips(small_docs, tmp_path, 
 
 
 def test_time_budget_shortens_the_run(small_docs, tmp_path):
-  s = _tiny_settings(steps=1000, time_budget_s=0.0, short_seq_fraction=0.0, num_layers=1)
+  s = _tiny_settings(steps=1000, time_budget_s=1e-6, short_seq_fraction=0.0, num_layers=1)
   res = tl.train_target(s, str(tmp_path / "t"), progress=False, docs=small_docs)
-  # Budget checks start at the second log point (step 4); zero time left ends the run there.
+  # Budget checks start at the second log point (step 4); no time left ends the run there.
   assert res.summary["steps"] == 4
+
+
+class _BusyClock:
+  """target_lm's `time` module as a heavily loaded machine sees it: every reading of the wall
+  clock is 100 s after the previous one."""
+
+  def __init__(self):
+    self.now = time.time()
+
+  def time(self):
+    self.now += 100.0
+    return self.now
+
+  def process_time(self):
+    return time.process_time()
+
+
+def test_step_budget_does_not_depend_on_load(small_docs, tmp_path, monkeypatch):
+  """The default pipeline's target stage trains a fixed number of steps: the same target (step
+  count, losses) on an idle and on a busy machine."""
+  defaults = tl.TargetLMSettings()
+  assert defaults.time_budget_s == 0 and defaults.steps == 1500
+  cfg = _load_default_config()
+  assert (cfg.target_lm.steps, cfg.target_lm.time_budget_s) == (1500, 0.0)
+  s = _tiny_settings(steps=12, time_budget_s=defaults.time_budget_s, num_layers=1,
+                     short_seq_fraction=0.0, sample_prompts=())
+  idle = tl.train_target(s, str(tmp_path / "idle"), progress=False, docs=small_docs).summary
+  monkeypatch.setattr(tl, "time", _BusyClock())
+  busy = tl.train_target(s, str(tmp_path / "busy"), progress=False, docs=small_docs).summary
+  assert busy["train_s"] > 1000  # the clock did read as a slow machine
+  assert idle["steps"] == busy["steps"] == 12
+  assert busy["heldout_loss"] == idle["heldout_loss"]
+  assert busy["final_train_loss"] == idle["final_train_loss"]

@@ -16,13 +16,15 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
+from ppow_jax.user_errors import UserError
+
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 _JSON_SUFFIXES = (".json", ".json.gz")
 _TEXT_SUFFIXES = (".txt", ".txt.gz")
 TRUNCATIONS = ("left", "error")
 
 
-class PromptFileError(ValueError):
+class PromptFileError(UserError, ValueError):
   """A prompt file that cannot be read; the message names the file and, where known, the line."""
 
 
@@ -262,8 +264,8 @@ def encode_prompts(tokenizer, prompts: Sequence[Prompt], max_prompt_len: int,
     ids = encode_prompt(tokenizer, prompt)
     if len(ids) > max_prompt_len:
       if truncation == "error":
-        raise ValueError(f"prompt {prompt.id!r} is {len(ids)} tokens, longer than "
-                         f"max_prompt_len={max_prompt_len}")
+        raise PromptFileError(f"prompt {prompt.id!r} is {len(ids)} tokens, longer than "
+                              f"max_prompt_len={max_prompt_len} (truncation='error')")
       if bos is not None and ids[0] == bos:
         ids = [bos] + ids[len(ids) - (max_prompt_len - 1):]
       else:

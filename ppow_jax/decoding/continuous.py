@@ -20,12 +20,12 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from ppow_jax.decoding import sampling
 from ppow_jax.models import transformer
 from ppow_jax.models.config import ModelConfig
 from ppow_jax.models.kv_cache import KVCache
+from ppow_jax.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +137,7 @@ def generate(target_cfg: ModelConfig, target_params, prompt_ids: Sequence[Sequen
   outputs: list[list[int] | None] = [None] * n
   free = list(range(b))  # rows with no prompt (or a collected one)
   next_prompt = 0
-  bar = tqdm.tqdm(total=n, desc=desc, disable=not progress, leave=False)
+  bar = Progress(n, desc, unit="prompt", enabled=progress)
 
   def refill(state, free, next_prompt):
     while free and next_prompt < n:

@@ -8,9 +8,10 @@ import os
 from ppow_jax.decoding.drafter import LMDrafter
 from ppow_jax.models import hf_checkpoint
 from ppow_jax.models.config import ModelConfig
+from ppow_jax.user_errors import UserError
 
 
-class DrafterMismatchError(ValueError):
+class DrafterMismatchError(UserError, ValueError):
   """A drafter that cannot serve this target (vocabulary or hidden sizes differ)."""
 
 

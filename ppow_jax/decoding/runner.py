@@ -13,11 +13,11 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 
 from ppow_jax.decoding import engine, sampling
 from ppow_jax.decoding.drafter import LMDrafter
 from ppow_jax.models import transformer
+from ppow_jax.progress import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +61,8 @@ def decode(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], setti
   kw = dict(drafter=drafter, drafter_params=drafter_params,
             window=settings.window if drafter is not None else 0,
             max_new_tokens=settings.max_new_tokens, sp=settings.sp, eos_ids=target_cfg.eos_ids)
-  for bi, rows in enumerate(tqdm.tqdm(batches, desc=desc, disable=not progress, leave=False)):
+  bar = Progress(len(batches), desc, unit="batch", leave=False, enabled=progress)
+  for bi, rows in enumerate(batches):
     lens = [len(prompt_ids[i]) for i in rows]
     p = bucket_length(max(lens), settings.min_bucket)
     toks = np.zeros((bs, p), np.int32)
@@ -85,6 +86,8 @@ def decode(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], setti
       results[i] = DecodeResult(output_token_ids=out.tokens[j, :n].tolist(),
                                 accept_lengths=out.accept_lengths[j, :steps].tolist(), seconds=dt,
                                 batch_rows=len(rows))
+    bar.update()
+  bar.close()
   return results
 
 

@@ -1,13 +1,29 @@
-"""EAGLE-3 drafter checkpoints in the published layout that vLLM, SGLang and SpecForge load.
+"""EAGLE-3 drafter checkpoints in the published layout that vLLM, SGLang, SpecForge and EAGLE load.
 
 A directory with `config.json` (a Llama config with `architectures: ["LlamaForCausalLMEagle3"]`,
-`num_hidden_layers: 1`, `draft_vocab_size`, optional `target_hidden_size`) and
+`num_hidden_layers: 1`, `draft_vocab_size`, the aux layer ids, optional `target_hidden_size`) and
 `model.safetensors` holding, in HF [out, in] layouts:
   fc.weight, midlayer.{input_layernorm,hidden_norm,post_attention_layernorm}.weight,
   midlayer.self_attn.{q,k,v,o}_proj.weight, midlayer.mlp.{gate,up,down}_proj.weight,
-  norm.weight, lm_head.weight, d2t (int64 [Vd]), t2d (bool [V])
-(names: EAGLE `cnets.py` module tree; vLLM `llama_eagle3.py` maps `midlayer.` -> `layers.0.`,
-renames `d2t` and ignores `t2d`; an `embed_tokens.weight`, when present, replaces the target's).
+  norm.weight, lm_head.weight, and d2t (int64 [Vd]), t2d (bool [V]) only when Vd < V.
+Import also reads EAGLE's `pytorch_model.bin` (a torch.save state dict, via `torch_zip`).
+What the readers do with each (vLLM 0.33 `llama_eagle3.py` + `llm_base_proposer.py`, SGLang
+`llama_eagle3.py` + `llama.py`, SpecForge 0.2 `llama3_eagle.py`, EAGLE `cnets.py`):
+  * d2t: vLLM creates its `draft_id_to_target_id` parameter only when draft_vocab_size differs
+    from the target's vocabulary, so a full-vocabulary checkpoint carrying d2t fails to load
+    there; EAGLE deletes both maps then; SGLang treats a missing d2t as "no hot-token map". So the
+    maps are written only for a reduced draft vocabulary; t2d is ignored by vLLM and SGLang.
+  * embed_tokens.weight: optional everywhere. Without it vLLM and SGLang share the target's
+    embedding; with it vLLM keeps the drafter's own when it differs from the target's, EAGLE
+    loads it, SGLang replaces it with the target's (unless the hidden sizes differ). ppow's
+    exports share the target's (training uses the target's frozen embedding); on import a
+    shipped one is used, as vLLM and EAGLE do.
+  * target_hidden_size: vLLM, SGLang and SpecForge read an absent key as hidden_size, but EAGLE's
+    cnets skips loading the target's embedding whenever the key is present at all. So it is
+    written only when it differs from hidden_size (and then the embedding cannot be shared).
+  * norm_output: vLLM (default false: feed back the pre-norm state) and SpecForge (default true:
+    normalise before lm_head) give the key opposite meanings; both defaults are ppow's
+    computation, so it is never written.
 
 Aux layer ids: two readers use two conventions, so both are written.
   * top-level `eagle_aux_hidden_state_layer_ids` (vLLM `gpu_model_runner`, read first): id i is
@@ -15,7 +31,8 @@ Aux layer ids: two readers use two conventions, so both are written.
   * `eagle_config.eagle_aux_hidden_state_layer_ids` (SpecForge `resolve_eagle_capture_layers`,
     SGLang `set_eagle3_layers_to_capture`, which adds 1): id j is the output of layer j, so
     ppow index - 1. E.g. Qwen3-235B (94 layers) ships [1, 46, 90] = ppow (2, 47, 91).
-On load, the top-level key wins; an `eagle_config` id is converted with +1.
+On load, the top-level key wins; an `eagle_config` id is converted with +1; neither (EAGLE's own
+checkpoints) means the target's default (2, L//2, L-3).
 """
 
 from __future__ import annotations
@@ -27,9 +44,10 @@ import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from ppow_jax.eagle3.model import Eagle3Config, Eagle3Drafter, param_shapes
-from ppow_jax.models import safetensors_io
+from ppow_jax.models import safetensors_io, torch_zip
 from ppow_jax.models.config import ConfigError, ModelConfig
 from ppow_jax.models.hf_checkpoint import CheckpointError, _tensor_index
 
@@ -54,6 +72,8 @@ TENSOR_TABLE = {
     "lm_head.weight": (("lm_head",), True),
 }
 EMBED_TENSOR = "embed_tokens.weight"
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
+TORCH_FILE = "pytorch_model.bin"  # EAGLE's published drafters (torch.save), read without torch
 
 
 # --- config.json <-> Eagle3Config ----------------------------------------------------------
@@ -85,8 +105,7 @@ def config_to_hf_dict(cfg: Eagle3Config) -> dict:
       "eagle_config": {"eagle_aux_hidden_state_layer_ids": [i - 1 for i in cfg.aux_layers],
                        "use_aux_hidden_state": True},
   }
-  # EAGLE's cnets and SGLang treat the mere presence of target_hidden_size as "embedding not
-  # shareable", so it is written only when it differs.
+  # Only when it differs: EAGLE's cnets stops sharing the target's embedding on its presence.
   if cfg.target_hidden_size != cfg.hidden_size:
     d["target_hidden_size"] = cfg.target_hidden_size
   if cfg.sliding_window:
@@ -111,7 +130,7 @@ def config_from_hf_dict(d: dict, *, source: str = "config.json", target_cfg: Mod
   for key in ("fc_norm", "norm_before_fc", "attention_bias", "qkv_bias"):
     if d.get(key):
       raise ConfigError(f"{source}: {key}=true is not supported")
-  if d.get("norm_output", True) is False:
+  if d.get("norm_output", True) is False:  # SpecForge's meaning: no final norm before lm_head
     raise ConfigError(f"{source}: norm_output=false is not supported")
   # The Llama fields (heads, head_dim, RoPE, eps, dtype) parse exactly as a target's would.
   base = ModelConfig.from_hf_dict({**d, "model_type": d.get("model_type") or "llama",
@@ -178,8 +197,9 @@ def hf_tensors(drafter: Eagle3Drafter) -> dict[str, np.ndarray]:
     for k in keys:
       w = w[k]
     out[name] = np.ascontiguousarray(w.T if transpose else w)
-  out["d2t"] = np.asarray(jax.device_get(drafter.d2t[...]), np.int64)
-  out["t2d"] = np.asarray(jax.device_get(drafter.t2d[...]), np.bool_)
+  if drafter.cfg.draft_vocab_size < drafter.cfg.vocab_size:  # else identity maps: see above
+    out["d2t"] = np.asarray(jax.device_get(drafter.d2t[...]), np.int64)
+    out["t2d"] = np.asarray(jax.device_get(drafter.t2d[...]), np.bool_)
   return out
 
 
@@ -190,6 +210,12 @@ def save_eagle3(drafter: Eagle3Drafter, path: str, *, embed_table=None):
   when the drafter cannot share the target's, e.g. hidden_size != target hidden size).
   """
   cfg = drafter.cfg
+  if len(set(cfg.aux_layers)) < len(cfg.aux_layers):
+    # vLLM (`_set_aux_hidden_state_layers`) and SGLang capture each target layer once.
+    logging.warning("%s: aux_layers=%s name a layer twice (the default below 7 target layers): "
+                    "vLLM and SGLang, which capture each layer once, cannot serve it; train with "
+                    "three distinct --config.drafter.aux_layers for them", path,
+                    list(cfg.aux_layers))
   os.makedirs(path, exist_ok=True)
   tensors = hf_tensors(drafter)
   if embed_table is not None:
@@ -207,7 +233,12 @@ def save_eagle3(drafter: Eagle3Drafter, path: str, *, embed_table=None):
 
 
 def _load_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:
-  """{name: (array, file)} over the single file or the shards of the index."""
+  """{name: (array, file)} over the single file or the shards of the index, or EAGLE's
+  `pytorch_model.bin` when there is no safetensors file."""
+  torch_file = os.path.join(path, TORCH_FILE)
+  if os.path.exists(torch_file) and not any(
+      os.path.exists(os.path.join(path, f)) for f in SAFETENSORS_FILES):
+    return {k: (v, torch_file) for k, v in torch_zip.load(torch_file).items()}
   where = _tensor_index(path)
   opened, out = {}, {}
   for name, fname in where.items():
@@ -232,6 +263,11 @@ def _params_from_tensors(path: str, cfg: Eagle3Config, tensors: dict) -> tuple[d
   if unknown:
     raise CheckpointError(f"{where}: unexpected tensor(s) {', '.join(map(repr, unknown))} for an "
                           "EAGLE-3 drafter")
+  if EMBED_TENSOR in tensors:
+    arr, fname = tensors[EMBED_TENSOR]
+    if tuple(arr.shape) != (cfg.vocab_size, cfg.hidden_size):
+      raise CheckpointError(f"{fname}: tensor {EMBED_TENSOR!r} has shape {tuple(arr.shape)}, "
+                            f"expected ({cfg.vocab_size}, {cfg.hidden_size})")
   params: dict = {"midlayer": {}}
   for name, (keys, transpose) in TENSOR_TABLE.items():
     if name not in tensors:

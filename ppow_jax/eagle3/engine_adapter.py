@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from ppow_jax.decoding import sampling
 from ppow_jax.decoding.drafter import window_slice
 from ppow_jax.eagle3 import model as e3
-from ppow_jax.eagle3.checkpoint import load_eagle3
+from ppow_jax.eagle3.checkpoint import load_eagle3, read_embed_tokens
 
 
 class Eagle3EngineDrafter:
@@ -77,6 +77,14 @@ class Eagle3EngineDrafter:
 
 
 def load_for_engine(path: str, target_cfg, target_params: dict):
-  """(drafter, params) for `engine.generate` from an EAGLE-3 export directory."""
+  """(drafter, params) for `engine.generate` from an EAGLE-3 checkpoint directory.
+
+  A checkpoint that ships `embed_tokens.weight` (SpecForge's HF export, EAGLE's) drafts with
+  that embedding, as vLLM and EAGLE do; one without shares the target's.
+  """
   drafter = load_eagle3(path, target_cfg)
-  return Eagle3EngineDrafter(drafter.cfg), Eagle3EngineDrafter.bind(drafter, target_params)
+  params = Eagle3EngineDrafter.bind(drafter, target_params)
+  embed = read_embed_tokens(path)
+  if embed is not None:
+    params["embed"] = jnp.asarray(embed, drafter.cfg.jnp_dtype)
+  return Eagle3EngineDrafter(drafter.cfg), params

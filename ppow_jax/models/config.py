@@ -9,11 +9,13 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from ppow_jax.user_errors import UserError
+
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A model configuration that ppow_jax cannot run, with the offending file and field."""
 
 

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ppow_jax.models import safetensors_io
+from ppow_jax.user_errors import UserError
 
 # GGUF architecture -> (HF model_type, HF architecture, q/k rows permuted by llama.cpp?).
 ARCHITECTURES = {
@@ -52,7 +53,7 @@ TOP_TABLE = {
 DTYPES = ("float32", "bfloat16")
 
 
-class GGUFError(ValueError):
+class GGUFError(UserError, ValueError):
   """A GGUF file that cannot be converted; the message names the file and the field or tensor."""
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from ppow_jax.models import safetensors_io
 from ppow_jax.models.config import ModelConfig
 from ppow_jax.models.transformer import Transformer, layer_param_shapes
+from ppow_jax.user_errors import UserError
 
 # HF tensor name (per layer, after "model.layers.{i}.") -> (our stacked name, transpose?).
 # HF Linear weights are [out, in]; ours are [in, out] so that x @ W.
@@ -43,7 +44,7 @@ TOP_TABLE = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A checkpoint directory that cannot be loaded; the message names the file and tensor."""
 
 

@@ -19,9 +19,10 @@ import sys
 import zipfile
 
 from ppow_jax.models import gguf_import
+from ppow_jax.user_errors import UserError
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
   """A model that could not be fetched or unpacked; the message says which step and why."""
 
 

@@ -15,6 +15,7 @@ from ppow_jax.data import prompts as prompt_files
 from ppow_jax.decoding import runner, sampling
 from ppow_jax.decoding.drafter_io import load_drafter
 from ppow_jax.models import hf_checkpoint
+from ppow_jax.user_errors import ConfigValueError
 
 
 def settings_from_config(config) -> runner.DecodeSettings:
@@ -24,29 +25,36 @@ def settings_from_config(config) -> runner.DecodeSettings:
       sp=sampling.SamplingParams(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p))
 
 
-def check_context(target_cfg, max_prompt_len: int, max_new_tokens: int, window: int):
-  """A prompt + output that overflows the target's positions is refused up front."""
-  need = max_prompt_len + max_new_tokens + window + 1
+def check_context(target_cfg, longest_prompt: int, max_new_tokens: int, window: int = 0):
+  """A prompt + output that overflows the target's positions is refused before decoding.
+
+  `longest_prompt` is the longest prompt of the run after truncation, so short prompts on a
+  short-context model pass whatever data.max_prompt_len says.
+  """
+  need = longest_prompt + max_new_tokens + window + 1
   if need > target_cfg.max_position_embeddings:
-    raise ValueError(
-        f"data.max_prompt_len ({max_prompt_len}) + decode.max_new_tokens ({max_new_tokens}) + "
-        f"decode.window ({window}) + 1 = {need} exceeds the target's max_position_embeddings "
-        f"({target_cfg.max_position_embeddings}); lower one of them")
+    draft = f" + config.decode.window ({window})" if window else ""
+    raise ConfigValueError(
+        f"the longest prompt ({longest_prompt} tokens) + config.decode.max_new_tokens "
+        f"({max_new_tokens}){draft} + 1 = {need} exceeds the target's max_position_embeddings "
+        f"({target_cfg.max_position_embeddings}); lower one of them (prompts are cut to "
+        "config.data.max_prompt_len)")
 
 
 def run(config, workdir: str):
   if not config.target.path:
-    raise ValueError("config.target.path is empty: give a Hugging Face checkpoint directory")
+    raise ConfigValueError("config.target.path is empty: give a Hugging Face checkpoint directory")
   prompts = prompt_files.load_prompts(config.data.prompts, limit=config.data.limit or None)
   target = hf_checkpoint.load_model(config.target.path, dtype=config.target.dtype or None)
   tokenizer = hf_checkpoint.load_tokenizer(config.target.path)
   settings = settings_from_config(config)
-  check_context(target.cfg, config.data.max_prompt_len, settings.max_new_tokens, settings.window)
   drafter = drafter_params = None
   if config.drafter.path:
     drafter, drafter_params = load_drafter(config.drafter.path, target.cfg, target.params())
   ids = prompt_files.encode_prompts(tokenizer, prompts, config.data.max_prompt_len,
                                     config.data.truncation)
+  check_context(target.cfg, max(map(len, ids)), settings.max_new_tokens,
+                settings.window if drafter is not None else 0)
   logging.info("decoding %d prompts (drafter: %s, window %d)", len(ids),
                config.drafter.path or "none", settings.window)
   results = runner.decode(target.cfg, target.params(), ids, settings, drafter=drafter,

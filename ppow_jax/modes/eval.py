@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import os
 
-import tqdm
 from absl import logging
 
 from ppow_jax import run_files
@@ -23,11 +22,13 @@ from ppow_jax.decoding import runner, sampling
 from ppow_jax.decoding.drafter_io import DrafterMismatchError, load_drafter
 from ppow_jax.evaluation import report
 from ppow_jax.models import hf_checkpoint
+from ppow_jax.progress import Progress
+from ppow_jax.user_errors import UserError
 
 AUTOREGRESSIVE = report.AUTOREGRESSIVE
 
 
-class EvalSetupError(ValueError):
+class EvalSetupError(UserError, ValueError):
   """A bad eval config, benchmark or drafter, found before decoding; the message names it."""
 
 
@@ -186,7 +187,7 @@ def run(config, workdir: str):
 
   # --- Decoding. ---
   calls = len(temperatures) * (1 + len(drafters)) + len(sweep) * len(drafters)
-  bar = tqdm.tqdm(total=calls * len(cats), desc="eval", disable=not e.progress)
+  bar = Progress(calls * len(cats), "eval", unit="decode", enabled=e.progress)
 
   def decode(name: str, temperature: float, k: int) -> dict:
     drafter, dparams = drafters.get(name, (None, None))
@@ -195,11 +196,11 @@ def run(config, workdir: str):
         sp=sampling.SamplingParams(temperature=temperature, top_k=e.top_k, top_p=e.top_p))
     per_cat = {}
     for c in cats:
-      bar.set_postfix_str(f"{name} T={temperature:g} K={k} {c}")
+      bar.set_postfix(f"{name} T={temperature:g} K={k} {c}")
       results = runner.decode(target.cfg, tparams, cat_ids[c], settings, drafter=drafter,
                               drafter_params=dparams, desc=c, progress=e.progress)
       per_cat[c] = _stats(results, k if drafter is not None else 0)
-      bar.update(1)
+      bar.update()
     return per_cat
 
   results, sweep_results = {}, {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 from ppow_jax.data.selfdistill import SequenceData
 from ppow_jax.ppow.step import PPOWSettings, make_ppow_step
 from ppow_jax.training import drafter_run
+from ppow_jax.user_errors import ConfigValueError
 
 
 def settings_from_config(config) -> PPOWSettings:
@@ -28,8 +29,9 @@ def settings_from_config(config) -> PPOWSettings:
 
 def run(config, workdir: str):
   if not config.drafter.init_from:
-    raise ValueError("config.drafter.init_from is empty: PPOW starts from a token-level drafter "
-                     "(an SFT run's export/ directory or an imported EAGLE-3 checkpoint)")
+    raise ConfigValueError("config.drafter.init_from is empty: PPOW starts from a token-level "
+                           "drafter (an SFT run's export/ directory or an imported EAGLE-3 "
+                           "checkpoint)")
   drafter_run.start_up(config)
   target = drafter_run.load_target(config)
   train, heldout = drafter_run.prepare_data(config, target, workdir)

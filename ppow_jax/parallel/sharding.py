@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ppow_jax.user_errors import ConfigValueError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # MaxText-style defaults: batch over data x fsdp, weights' embed dim over fsdp (ZeRO-3 style),
@@ -41,17 +43,17 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
   sizes = {a: int(shape.get(a, 1)) for a in MESH_AXES}
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f"mesh: unknown axes {sorted(unknown)}; expected {MESH_AXES}")
+    raise ConfigValueError(f"mesh: unknown axes {sorted(unknown)}; expected {MESH_AXES}")
   free = [a for a, s in sizes.items() if s == -1]
   if len(free) > 1:
-    raise ValueError(f"mesh: at most one axis may be -1, got {free}")
+    raise ConfigValueError(f"mesh: at most one axis may be -1, got {free}")
   fixed = math.prod(s for s in sizes.values() if s != -1)
   if free:
     if len(devices) % fixed:
-      raise ValueError(f"mesh {dict(shape)}: {len(devices)} devices not divisible by {fixed}")
+      raise ConfigValueError(f"mesh {dict(shape)}: {len(devices)} devices not divisible by {fixed}")
     sizes[free[0]] = len(devices) // fixed
   if math.prod(sizes.values()) != len(devices):
-    raise ValueError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, "
+    raise ConfigValueError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, "
                      f"but {len(devices)} are available")
   arr = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
   return Mesh(arr, MESH_AXES)
@@ -152,19 +154,21 @@ def parse_rules(overrides: Mapping[str, Any] | str | None, base: Rules = Rules()
   if isinstance(overrides, str):
     pairs = [kv.split("=", 1) for kv in overrides.replace(" ", "").split(",") if kv]
     if any(len(p) != 2 for p in pairs):
-      raise ValueError(f"sharding rules {overrides!r}: expected 'axis=mesh_axes,...'")
+      raise ConfigValueError(f"sharding rules {overrides!r}: expected 'axis=mesh_axes,...'")
     overrides = dict(pairs)
   table = dict(base.rules)
   for name, target in (overrides or {}).items():
     if name not in table:
-      raise KeyError(f"sharding rules: unknown logical axis {name!r}; known: {sorted(table)}")
+      raise ConfigValueError(f"sharding rules: unknown logical axis {name!r}; known: "
+                             f"{sorted(table)}")
     if isinstance(target, str):
       axes = tuple(a for a in target.split("+") if a)
     else:
       axes = tuple(target or ())
     bad = set(axes) - set(MESH_AXES)
     if bad:
-      raise ValueError(f"sharding rules: {name!r} -> {sorted(bad)}: not mesh axes {MESH_AXES}")
+      raise ConfigValueError(f"sharding rules: {name!r} -> {sorted(bad)}: not mesh axes "
+                             f"{MESH_AXES}")
     table[name] = None if not axes else axes[0] if len(axes) == 1 else axes
   return Rules(tuple(table.items()))
 
@@ -180,15 +184,15 @@ def apply_topology(config) -> Topology | None:
   if not name:
     return None
   if name not in TOPOLOGIES:
-    raise ValueError(f"topology {name!r} is unknown; known: {', '.join(TOPOLOGIES)}")
+    raise ConfigValueError(f"topology {name!r} is unknown; known: {', '.join(TOPOLOGIES)}")
   if name not in config.topologies:
-    raise ValueError(f"topology {name!r} has no entry in this config's `topologies` "
+    raise ConfigValueError(f"topology {name!r} has no entry in this config's `topologies` "
                      f"({', '.join(config.topologies)})")
   entry, topo = config.topologies[name], TOPOLOGIES[name]
   sizes = {a: int(entry[a]) for a in MESH_AXES}
   if math.prod(sizes.values()) != topo.chips:
-    raise ValueError(f"topologies[{name!r}] mesh {sizes} has {math.prod(sizes.values())} devices; "
-                     f"{name} has {topo.chips} chips")
+    raise ConfigValueError(f"topologies[{name!r}] mesh {sizes} has {math.prod(sizes.values())} "
+                           f"devices; {name} has {topo.chips} chips")
   config.mesh.update(sizes)
   if "rules" in config:
     config.rules = entry.get("rules", "")
@@ -221,4 +225,4 @@ def initialize_distributed(d) -> None:
     jax.distributed.initialize(coordinator_address=d.coordinator, num_processes=n,
                                process_id=int(d.process_id))
   elif n != 1:
-    raise ValueError(f"distributed.num_processes={n}; expected 1, N > 1 or -1 (auto)")
+    raise ConfigValueError(f"distributed.num_processes={n}; expected 1, N > 1 or -1 (auto)")

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from ppow_jax.ppow.windowing import (_check_vocab, _probs_and_safe_log, floored_log_probs,
                                      masked_mean, token_kl)
 
-_MASK_MODES = ("through_first_reject", "all")
+TOKEN_MASK_MODES = ("through_first_reject", "all")
 
 
 def group_advantages(rewards, eps=1e-6):
@@ -58,8 +58,8 @@ def loss_token_mask(k, K, mode):
   "through_first_reject": positions 0..min(k, K−1) — the accepted tokens plus the first rejected
   one; tokens after it cannot change k. "all": every one of the K tokens.
   """
-  if mode not in _MASK_MODES:
-    raise ValueError(f"loss_token_mask: unknown mode {mode!r}; expected one of {_MASK_MODES}")
+  if mode not in TOKEN_MASK_MODES:
+    raise ValueError(f"loss_token_mask: unknown mode {mode!r}; expected one of {TOKEN_MASK_MODES}")
   k = jnp.asarray(k, jnp.int32)
   pos = jnp.arange(K, dtype=jnp.int32)
   if mode == "all":

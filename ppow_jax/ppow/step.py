@@ -79,13 +79,13 @@ def choose_prefixes(rng, scores, ok, m: int, s: PPOWSettings, step):
   return jnp.where(uniform, pick_uniform, pick_scored)
 
 
-_AUX_LOSSES = ("window", "ttt")
+AUX_LOSSES = ("window", "ttt")
 
 
 def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
   k_win, g, m = s.window, s.group_size, s.prefixes_per_seq
-  if s.aux_loss not in _AUX_LOSSES:
-    raise ValueError(f"ppow.aux_loss={s.aux_loss!r}: expected one of {_AUX_LOSSES}")
+  if s.aux_loss not in AUX_LOSSES:
+    raise ValueError(f"ppow.aux_loss={s.aux_loss!r}: expected one of {AUX_LOSSES}")
 
   def step_fn(state, target_params, d2t, batch, rng):
     tokens = batch["tokens"]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 Q_FLOOR = 1e-9
 LOG_Q_FLOOR = math.log(Q_FLOOR)
-_MODES = ("top", "proportional")
+SELECTION_MODES = ("top", "proportional")
 
 
 def masked_mean(x, mask=None, axis=None):
@@ -112,8 +112,8 @@ def select_windows(rng, scores, num_select, *, mode, uniform):
   log(score) (Kool et al. 2019). Scores ≤ 0 get a key below every positive score, so they are only
   picked when fewer than num_select scores are positive.
   """
-  if mode not in _MODES:
-    raise ValueError(f"select_windows: unknown mode {mode!r}; expected one of {_MODES}")
+  if mode not in SELECTION_MODES:
+    raise ValueError(f"select_windows: unknown mode {mode!r}; expected one of {SELECTION_MODES}")
   scores = jnp.ravel(jnp.asarray(scores, jnp.float32))
   n = scores.shape[0]
   if not 0 < num_select <= n:

@@ -27,6 +27,7 @@ from ppow_jax.parallel import sharding
 from ppow_jax.training import loop
 from ppow_jax.training.checkpoints import Checkpointer
 from ppow_jax.training.metrics import MetricWriter
+from ppow_jax.user_errors import ConfigValueError
 
 
 @dataclasses.dataclass
@@ -61,7 +62,7 @@ def load_target(config) -> Target:
   straight to its shards as it is read, so a target larger than one chip or one host loads;
   otherwise it loads onto the default device (replicated later, with the train state)."""
   if not config.target.path:
-    raise ValueError("config.target.path is empty: give a Hugging Face checkpoint directory")
+    raise ConfigValueError("config.target.path is empty: give a Hugging Face checkpoint directory")
   mesh, rules = config_mesh(config), sharding.rules_from_config(config)
 
   def place(abstract):
@@ -138,10 +139,13 @@ def prepare_data(config, target: Target, workdir: str):
   else:
     bos = target.cfg.bos_token_id
     if bos is None:
-      raise ValueError("data.prompts is empty and the target has no bos_token_id to sample from")
+      raise ConfigValueError("config.data.prompts is empty and the target has no bos_token_id to "
+                             "sample from: give a prompt file")
     ids = [[bos]] * d.num_samples
   if len(ids) <= d.num_heldout:
-    raise ValueError(f"data: {len(ids)} prompts, not more than data.num_heldout={d.num_heldout}")
+    raise ConfigValueError(f"config.data.prompts: {len(ids)} prompts, not more than "
+                           f"config.data.num_heldout={d.num_heldout} (the rest is the training "
+                           "data)")
   # Held-out sequences use their own temperature (default 1): sampled at a low data temperature
   # they would mostly repeat training openings and flatter the drafter.
   specs = {
@@ -170,10 +174,12 @@ def parse_aux_layers(spec, num_layers: int) -> tuple[int, int, int]:
   try:
     layers = tuple(int(x) for x in str(spec).replace(" ", "").split(",") if x)
   except ValueError:
-    raise ValueError(f"drafter.aux_layers={spec!r}: expected three comma-separated integers") from None
+    raise ConfigValueError(f"config.drafter.aux_layers={spec!r}: expected three comma-separated "
+                           "integers") from None
   if len(layers) != 3 or not all(1 <= i <= num_layers for i in layers):
-    raise ValueError(f"drafter.aux_layers={spec!r}: expected three layer indices in "
-                     f"[1, {num_layers}] (the residual stream after that many target layers)")
+    raise ConfigValueError(f"config.drafter.aux_layers={spec!r}: expected three layer indices in "
+                           f"[1, {num_layers}] (the residual stream after that many target "
+                           "layers)")
   return layers
 
 
@@ -269,5 +275,13 @@ def finish(config, workdir: str, target: Target, drafter: e3.Eagle3Drafter, stat
         target, drafter, eval_prompts(config, target, heldout), windows=tuple(config.eval.windows),
         max_new_tokens=config.eval.max_new_tokens, batch_size=config.eval.batch_size))
   run_files.write_json(os.path.join(workdir, "eval.json"), result)
-  print(f"{desc}:", result)
+  print(stage_summary(desc, result, os.path.join(workdir, "export")))
   return result
+
+
+def stage_summary(desc: str, result: dict, export_dir: str) -> str:
+  """'sft: 300 steps; greedy tau K=6 2.12, K=10 2.34 -> DIR': eval.json as one short line."""
+  taus = ", ".join(f"K={k[len('tau_k'):]} {v:.2f}" for k, v in result.items()
+                   if k.startswith("tau_k"))
+  return (f"{desc}: {result['num_steps']} steps" + (f"; greedy tau {taus}" if taus else "")
+          + f" -> {export_dir}")

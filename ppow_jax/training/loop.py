@@ -14,10 +14,10 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import optax
-import tqdm
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from ppow_jax.progress import Progress
 from ppow_jax.training.checkpoints import Checkpointer
 from ppow_jax.training.metrics import MetricWriter, check_finite
 
@@ -72,9 +72,9 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
       in_shardings=(state_shardings, *const_shardings, batch_sharding, None),
       out_shardings=(state_shardings, None))
   base_rng = jax.random.key(seed)
-  bar = tqdm.tqdm(range(start, num_steps), initial=start, total=num_steps, desc=desc)
+  bar = Progress(num_steps, desc, initial=start, enabled=lead)
   t_start = time.perf_counter()
-  for step in bar:
+  for step in range(start, num_steps):
     t0 = time.perf_counter()
     batch = jax.device_put(get_batch(step), batch_sharding)
     state, (metrics, finite) = jitted(state, *const_args, batch, jax.random.fold_in(base_rng, step))
@@ -83,7 +83,8 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
     metrics["step_time"] = time.perf_counter() - t0
     if lead and ((step + 1) % log_every == 0 or step + 1 == num_steps):
       writer.write(step + 1, metrics)
-    bar.set_postfix({k: f"{float(metrics[k]):.3f}" for k in postfix})
+    bar.set_postfix(" ".join(f"{k}={float(metrics[k]):.3f}" for k in postfix))
+    bar.update()
     out_of_time = max_seconds > 0 and time.perf_counter() - t_start > max_seconds
     ckpt.save(step + 1, state, force=step + 1 == num_steps or out_of_time)
     if out_of_time:
@@ -91,6 +92,7 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
       if (step + 1) % log_every:
         writer.write(step + 1, metrics)
       break
+  bar.close()
   ckpt.close()
   writer.close()
   return state

@@ -8,8 +8,10 @@ import os
 
 import numpy as np
 
+from ppow_jax.user_errors import UserError
 
-class NonFiniteLossError(RuntimeError):
+
+class NonFiniteLossError(UserError, RuntimeError):
   """The loss became NaN or inf; the run stops and the last good checkpoint is kept."""
 
 
