@@ -27,7 +27,9 @@ def get_config():
       synthesis=ml_collections.ConfigDict(dict(max_tokens=96, temperature=1.0, top_p=1.0,
                                                min_chars=12)),
       dir="", prompts="", num_samples=1024, num_heldout=32, max_prompt_len=128,
-      max_new_tokens=127, heldout_temperature=1.0, temperature=1.0, gen_batch_size=64, seq_len=128))
+      max_new_tokens=127, heldout_temperature=1.0,
+      temperature=1.0, gen_batch_size=64, seq_len=128,
+      features="online"))  # or "cached": the target's features computed once (data/features.py)
   c.ppow = ml_collections.ConfigDict(dict(
       # K draft tokens per window. On stories260k, K=6 windows beat more token-level training
       # at both K=6 and K=10 deployment; K=10 windows only at K=10 (README, "PPOW against

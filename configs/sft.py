@@ -39,13 +39,16 @@ def get_config():
                                                min_chars=12)),
       dir="",  # "" = WORKDIR/data; share it between runs to generate once
       prompts="", num_samples=4096, num_heldout=32, max_prompt_len=128,
-      max_new_tokens=127, heldout_temperature=1.0, temperature=0.7, gen_batch_size=64, seq_len=128))
+      max_new_tokens=127, heldout_temperature=1.0,
+      temperature=0.7, gen_batch_size=64, seq_len=128,
+      features="online"))  # or "cached": the target's features computed once (data/features.py)
   c.ttt = ml_collections.ConfigDict(dict(steps=7, decay=0.8))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-2, warmup_steps=50, final_lr_fraction=0.1, b1=0.9, b2=0.95,
       weight_decay=0.0, grad_clip=1.0))
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1400, batch_size=16, max_seconds=0.0,  # > 0: also stop after this much wall-clock time
+      compute_dtype="float32",  # drafter matmuls; "bfloat16": ~2.5x faster on AVX-512 BF16 CPUs
       log_every=10, checkpoint_every=100, keep_checkpoints=2))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
                                            num_devices=0))  # 0 = all; N = the first N

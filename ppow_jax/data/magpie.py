@@ -137,7 +137,7 @@ def synthesize(target_cfg, target_params, tokenizer, settings: MagpieSettings, *
     if want <= 0:
       break
     # Oversample by the running keep rate so a round usually finishes the job.
-    rate = stats.kept / stats.sampled if stats.sampled else 0.5
+    rate = stats.kept / stats.sampled if stats.sampled else 0.75  # SmolLM2: 0.79
     n = min(max(want, int(want / max(rate, 0.05) * 1.1)), 8 * settings.num_prompts)
     n = -(-n // settings.batch_size) * settings.batch_size
     ds = continuous.StreamSettings(

@@ -150,15 +150,20 @@ class SequenceData:
     if not len(self.records):
       raise ValueError("self-distillation data is empty")
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """tokens [B, T]; valid [B, T]; loss_mask [B, T] (1 on response tokens)."""
+  def rows(self, step: int) -> list[int]:
+    """The record indices of batch `step` (an epoch-seeded permutation, so resumable)."""
     n, b = len(self.records), self.batch_size
-    idx = []
-    start = step * b
+    idx, start = [], step * b
     while len(idx) < b:
       epoch, off = divmod(start + len(idx), n)
       perm = np.random.default_rng([self.seed, epoch]).permutation(n)
       idx.extend(perm[off:off + b - len(idx)].tolist())
+    return idx
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """tokens [B, T]; valid [B, T]; loss_mask [B, T] (1 on response tokens)."""
+    b = self.batch_size
+    idx = self.rows(step)
     tokens = np.full((b, self.seq_len), self.pad_id, np.int32)
     valid = np.zeros((b, self.seq_len), bool)
     loss_mask = np.zeros((b, self.seq_len), bool)

@@ -9,6 +9,7 @@ Writes workdir/export (EAGLE-3 layout), metrics.jsonl, tensorboard/ and eval.jso
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from ppow_jax.data.selfdistill import SequenceData
@@ -17,22 +18,46 @@ from ppow_jax.models import transformer
 from ppow_jax.training import drafter_run
 
 
-def make_train_step(tcfg, dcfg, optimizer, *, steps: int, decay: float):
+def target_features(tcfg, target_params, batch, aux_layers):
+  """(aux states concatenated [B, T, 3H], final-normed hidden [B, T, H]) of the frozen target:
+  from the batch's cached `features` (data.features=cached) or a target forward."""
+  if "features" in batch:
+    f, h = batch["features"], tcfg.hidden_size
+    return f[..., :3 * h], f[..., 3 * h:]
+  out = transformer.forward(tcfg, target_params, batch["tokens"], key_valid=batch["valid"],
+                            hidden_layers=aux_layers, return_logits=False)
+  return jnp.concatenate(out.hidden, axis=-1), out.last_hidden
+
+
+def draft_vocab_logits(target_params, last_hidden, d2t):
+  """The target's logits over the draft vocabulary only: [H, Vd] columns of its LM head."""
+  head = target_params["lm_head"] if "lm_head" in target_params else target_params["embed"].T
+  cols = head[:, ttt.draft_vocab_ids(d2t)]
+  return (last_hidden.astype(cols.dtype) @ cols).astype(jnp.float32)
+
+
+def make_train_step(tcfg, dcfg, optimizer, *, steps: int, decay: float,
+                    compute_dtype: str = "float32"):
   """(state, target_params, d2t, batch, rng) -> (state, metrics); pure, jitted by the caller.
 
+  compute_dtype "bfloat16" runs the drafter's matmuls in bfloat16 (weights and Adam moments
+  stay float32; the loss and softmax are float32): ~2.5x faster on a CPU with AVX-512 BF16.
   The loss is deterministic, so rng is unused (kept for the shared loop's step signature).
   """
+  ccfg = dcfg.replace(dtype=compute_dtype)
 
   def train_step(state, target_params, d2t, batch, rng=None):
     del rng
-    out = transformer.forward(tcfg, target_params, batch["tokens"], key_valid=batch["valid"],
-                              hidden_layers=dcfg.aux_layers)
-    aux = jax.lax.stop_gradient(out.hidden)
-    tlogits = jax.lax.stop_gradient(out.logits)
+    aux, last = target_features(tcfg, target_params, batch, dcfg.aux_layers)
+    aux = jax.lax.stop_gradient(aux)
+    tlogits = jax.lax.stop_gradient(draft_vocab_logits(target_params, last, d2t))
 
     def loss_fn(params):
-      return ttt.ttt_loss(dcfg, params, target_params["embed"], d2t, batch["tokens"], aux, tlogits,
-                          batch["loss_mask"], steps=steps, decay=decay)
+      if compute_dtype != dcfg.dtype:
+        params = jax.tree.map(lambda x: x.astype(ccfg.jnp_dtype), params)
+      return ttt.ttt_loss(ccfg, params, target_params["embed"], d2t, batch["tokens"], aux,
+                          tlogits, batch["loss_mask"], steps=steps, decay=decay,
+                          draft_logits=True)
 
     (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -51,9 +76,13 @@ def run(config, workdir: str):
   dcfg = drafter.cfg
   t = config.train
   data = SequenceData(train, seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed)
+  get_batch = data.batch
+  if config.data.get("features", "online") == "cached":
+    get_batch = drafter_run.with_cached_features(config, target, workdir, train, data, dcfg)
 
-  make_step = lambda optimizer: make_train_step(target.cfg, dcfg, optimizer, steps=config.ttt.steps,
-                                                decay=config.ttt.decay)
-  state = drafter_run.train(config, workdir, target, drafter, make_step, data.batch, desc="sft",
+  make_step = lambda optimizer: make_train_step(
+      target.cfg, dcfg, optimizer, steps=config.ttt.steps, decay=config.ttt.decay,
+      compute_dtype=t.get("compute_dtype", "float32"))
+  state = drafter_run.train(config, workdir, target, drafter, make_step, get_batch, desc="sft",
                             postfix=("loss",))
   return drafter_run.finish(config, workdir, target, drafter, state, heldout, "sft")

@@ -9,11 +9,12 @@ from typing import Any
 
 import flax.nnx as nnx
 import jax
+import numpy as np
 import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ppow_jax.data import datasets, magpie
+from ppow_jax.data import datasets, features, magpie
 from ppow_jax.data import prompts as prompt_files
 from ppow_jax.data import selfdistill
 from ppow_jax.decoding import runner
@@ -167,6 +168,30 @@ def eval_prompts(config, target: Target, heldout) -> list[list[int]]:
     return prompt_files.encode_prompts(target.tokenizer, prompts, config.data.max_prompt_len)
   # Prefixes of held-out sequences: never trained on, drawn from the target's own distribution.
   return [r[1:1 + max(int(r[0]), e.prompt_len)].tolist() for r in heldout[:e.num_prompts]]
+
+
+def with_cached_features(config, target: Target, workdir: str, train_records, data, dcfg):
+  """get_batch for data.features=cached: builds the target's feature cache of the training
+  records once (`data.features`), then adds each batch's rows of it as `features`."""
+  path = features.cache_path(data_dir(config, workdir), "train", dcfg.aux_layers,
+                             config.data.seq_len)
+  features.build(target.cfg, target.params(), train_records, path, aux_layers=dcfg.aux_layers,
+                 seq_len=config.data.seq_len, batch_size=config.data.get("feature_batch_size", 8))
+  cache = features.load(path)
+  if cache.shape[0] != len(train_records):
+    raise ValueError(f"{path}: holds {cache.shape[0]} sequences, the training data "
+                     f"{len(train_records)}; delete it to rebuild")
+
+  def get_batch(step):
+    batch = data.batch(step)
+    rows = data.rows(step)
+    order = np.argsort(rows)  # memory-mapped reads in file order
+    got = np.empty((len(rows), *cache.shape[1:]), cache.dtype)
+    got[order] = cache[np.asarray(rows)[order]]
+    batch["features"] = got
+    return batch
+
+  return get_batch
 
 
 def parse_aux_layers(spec, num_layers: int) -> tuple[int, int, int]:
