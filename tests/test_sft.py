@@ -358,3 +358,47 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(reference, stories_pa
   _assert_trees_close(good, _restore_params(ref_dir, config, target.cfg, 3), rtol=1e-6, atol=1e-7)
   assert [r["step"] for r in read_metrics(workdir)] == [1, 2, 3, 4, 5]
   assert not os.path.exists(os.path.join(workdir, "export"))
+
+
+# --- cached features and bfloat16 compute ----------------------------------------------------
+
+def test_cached_features_run_matches_online_run(reference, stories_path, data_dir, target,
+                                                tmp_path):
+  """data.features=cached (bfloat16 features from one target pass) trains like the online
+  run: same per-step losses to bfloat16 precision, same number of steps."""
+  ref_dir, _, _ = reference
+  config = _sft_config(stories_path, data_dir)
+  config.data.features = "cached"
+  workdir = str(tmp_path / "cached")
+  sft.run(config, workdir)
+  online, cached = _rows(ref_dir), _rows(workdir)
+  assert [r["step"] for r in cached] == [r["step"] for r in online]
+  for a, b in zip(online, cached):
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=2e-2)
+  assert os.path.exists(os.path.join(data_dir, "features", "train-aux2_2_2-len32.npy"))
+
+
+def test_draft_vocab_logits_and_bfloat16_step(target):
+  """The target's logits restricted to the draft vocabulary equal the full logits' columns;
+  a bfloat16-compute step keeps float32 weights and a loss close to the float32 step's."""
+  cfg = e3.Eagle3Config.from_target(target.cfg, draft_vocab_size=128)
+  d = _random_drafter(cfg, seed=5)
+  tp = target.params()
+  x = jax.random.randint(jax.random.key(0), (2, 16), 0, target.cfg.vocab_size)
+  out = transformer.forward(target.cfg, tp, x)
+  ids = ttt.draft_vocab_ids(d.d2t[...])
+  np.testing.assert_allclose(sft.draft_vocab_logits(tp, out.last_hidden, d.d2t[...]),
+                             out.logits[..., ids], rtol=1e-5, atol=1e-5)
+  opt = drafter_run.make_optimizer(_sft_config(".", ".").optim, 10)
+  batch = {"tokens": x, "valid": jnp.ones(x.shape, bool), "loss_mask": jnp.ones(x.shape, bool)}
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    step = jax.jit(sft.make_train_step(target.cfg, cfg, opt, steps=3, decay=0.8,
+                                       compute_dtype=dtype))
+    state = {"params": d.params(), "opt_state": opt.init(d.params()),
+             "step": jnp.zeros((), jnp.int32)}
+    new, m = step(state, tp, d.d2t[...], batch)
+    losses[dtype] = float(m["loss"])
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(new["params"]))
+  assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
+  assert losses["bfloat16"] != losses["float32"]  # it did compute in bfloat16

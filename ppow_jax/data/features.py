@@ -52,9 +52,10 @@ def build(target_cfg, target_params, records, path: str, *, aux_layers, seq_len:
   if os.path.exists(partial) and os.path.exists(done_file):
     with open(done_file) as f:
       done = json.load(f)["rows"]
-    out = np.lib.format.open_memmap(partial, mode="r+")
+    out = _as_bf16(np.lib.format.open_memmap(partial, mode="r+"))
   else:
-    out = np.lib.format.open_memmap(partial, mode="w+", dtype=DTYPE, shape=(n, seq_len, 4 * h))
+    out = _as_bf16(np.lib.format.open_memmap(partial, mode="w+", dtype=DTYPE,
+                                             shape=(n, seq_len, 4 * h)))
 
   @jax.jit
   def feats(params, tokens, valid):
@@ -82,6 +83,11 @@ def build(target_cfg, target_params, records, path: str, *, aux_layers, seq_len:
   return path
 
 
+def _as_bf16(a: np.ndarray) -> np.ndarray:
+  """.npy stores bfloat16 as 2-byte voids; view them as bfloat16 again."""
+  return a if a.dtype == DTYPE else a.view(DTYPE)
+
+
 def load(path: str) -> np.ndarray:
   """The cache as a read-only memory map [N, seq_len, 4H] (bfloat16)."""
-  return np.load(path, mmap_mode="r")
+  return _as_bf16(np.load(path, mmap_mode="r"))
