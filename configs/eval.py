@@ -30,5 +30,6 @@ def get_config():
       temperatures="0,1",  # comma-separated; one table each
       window=6,  # draft length K of the main tables
       windows="2,4,6,8",  # K sweep for the speedup-vs-K plot, at the first temperature; "" = none
-      top_k=0, top_p=1.0, max_new_tokens=128, batch_size=1, progress=True))
+      top_k=0, top_p=1.0, max_new_tokens=128, batch_size=1, progress=True,
+      print_tables=True))  # per-category tables on stdout (the pipeline prints a summary)
   return c

@@ -18,7 +18,8 @@ def get_config():
   c.seed = 0
   c.target = ml_collections.ConfigDict(dict(path="", dtype=""))
   # aux_layers: see configs/sft.py (used only for a fresh drafter; an export keeps its own).
-  c.drafter = ml_collections.ConfigDict(dict(init_from="", draft_vocab_size=0, aux_layers=""))
+  c.drafter = ml_collections.ConfigDict(dict(init_from="", draft_vocab_size=0, aux_layers="",
+                                             init_head_from_target=False))
   c.data = ml_collections.ConfigDict(dict(
       # Prompts: comma-separated files (any format data.prompts reads) and/or `synthesize` > 0
       # prompts the target writes itself (Magpie); prompts overlapping the `exclude` files

@@ -29,7 +29,9 @@ def get_config():
       draft_vocab_size=0,  # 0 = the target's full vocabulary
       # Target residual streams fed to the drafter, e.g. "1,3,5" (after that many layers);
       # "" = vLLM/SGLang's default (2, L//2, L-3).
-      aux_layers=""))
+      aux_layers="",
+      # Fresh drafters: lm_head and final norm start as the target's (draft-vocabulary columns).
+      init_head_from_target=False))
   c.data = ml_collections.ConfigDict(dict(
       # Prompts: comma-separated files (any format data.prompts reads) and/or `synthesize` > 0
       # prompts the target writes itself (Magpie); prompts overlapping the `exclude` files

@@ -188,6 +188,7 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
       dr.path("init_from", "model", required="the token-level drafter to start from (an SFT "
               "run's export/ directory or an imported EAGLE-3 checkpoint)" if needs_init else None)
     dr.int("draft_vocab_size", 0)
+    dr.bool("init_head_from_target")
     if dr.has("aux_layers") and dr["aux_layers"]:
       parts = str(dr["aux_layers"]).replace(" ", "").split(",")
       if len(parts) != 3 or not all(p.isdigit() and int(p) >= 1 for p in parts):
@@ -308,6 +309,7 @@ def _eval(f: Fields, in_pipeline: bool = False):
   e.int("max_new_tokens", 1)
   e.int("batch_size", 1)
   e.bool("progress")
+  e.bool("print_tables")
   _sampling(e)
 
 

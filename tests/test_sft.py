@@ -402,3 +402,18 @@ def test_draft_vocab_logits_and_bfloat16_step(target):
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(new["params"]))
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
   assert losses["bfloat16"] != losses["float32"]  # it did compute in bfloat16
+
+
+def test_init_head_from_target(reference, target):
+  _, config, _ = reference
+  config = config.copy_and_resolve_references()
+  config.drafter.init_head_from_target = True
+  train, _ = drafter_run.prepare_data(config, drafter_run.Target(target, None), "unused")
+  d = drafter_run.init_drafter(config, drafter_run.Target(target, None), train)
+  ids = np.asarray(ttt.draft_vocab_ids(d.d2t[...]))
+  tp = target.params()
+  np.testing.assert_array_equal(np.asarray(d.lm_head[...]), np.asarray(tp["embed"]).T[:, ids])
+  np.testing.assert_array_equal(np.asarray(d.norm[...]), np.asarray(tp["final_norm"]))
+  config.drafter.init_head_from_target = False
+  fresh = drafter_run.init_drafter(config, drafter_run.Target(target, None), train)
+  assert not np.allclose(np.asarray(fresh.lm_head[...]), np.asarray(d.lm_head[...]))

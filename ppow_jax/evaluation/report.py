@@ -45,6 +45,32 @@ def markdown_tables(data: dict) -> str:
   return "\n".join(out)
 
 
+def summary_table(data: dict) -> str:
+  """One short table: per drafter and temperature, mean tau, tokens/s and speedup over the
+  categories, and (greedy) whether every output equals the autoregressive one."""
+  temps = list(data["results"])
+  header = ["drafter"]
+  for t in temps:
+    header += [f"tau T={t}", f"tokens/s T={t}", f"speedup T={t}"]
+  rows = []
+  for name in data["results"][temps[0]]:
+    cells = [name]
+    for t in temps:
+      m = data["results"][t][name]["mean"]
+      cells += [f"{m['tau']:.2f}", f"{m['tokens_per_second']:.1f}", f"{m['speedup']:.2f}x"]
+    rows.append(cells)
+  lines = _table(header, rows)
+  greedy = [t for t in temps if float(t) == 0]
+  for t in greedy:
+    for name, r in data["results"][t].items():
+      if "identical_to_autoregressive" in r:
+        share = r["identical_to_autoregressive"]
+        lines.append(f"{name}: {'every' if share == 1 else f'{share:.0%} of the'} greedy "
+                     f"output{'' if share == 1 else 's'} identical to autoregressive decoding"
+                     + ("" if share == 1 else " (expected all: a bug, please report)"))
+  return "\n".join(lines)
+
+
 def markdown(data: dict, plots: dict[str, str]) -> str:
   """The whole report.md; `plots` maps a plot's key (e.g. "tau_T0") to its file name."""
   cats = data["categories"]

