@@ -59,6 +59,7 @@ def get_config():
       weight_decay=0.0, grad_clip=1.0))
   c.train = ml_collections.ConfigDict(dict(
       num_steps=200, batch_size=8, max_seconds=0.0,  # > 0: also stop after this much wall-clock time
+      max_cpu_seconds=0.0,  # > 0: ... or this much CPU time of the process
       log_every=5, checkpoint_every=25, keep_checkpoints=2))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
                                            num_devices=0))  # 0 = all; N = the first N

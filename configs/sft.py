@@ -50,6 +50,7 @@ def get_config():
       weight_decay=0.0, grad_clip=1.0))
   c.train = ml_collections.ConfigDict(dict(
       num_steps=1400, batch_size=16, max_seconds=0.0,  # > 0: also stop after this much wall-clock time
+      max_cpu_seconds=0.0,  # > 0: ... or this much CPU time of the process
       compute_dtype="float32",  # drafter matmuls; "bfloat16": ~2.5x faster on AVX-512 BF16 CPUs
       log_every=10, checkpoint_every=100, keep_checkpoints=2))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,

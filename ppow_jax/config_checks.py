@@ -235,6 +235,7 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
     # 0 = the batch size of config.topology's slice (configs/targets/*).
     tr.int("batch_size", 1, also=(0,) if f.config.get("topology") else ())
     tr.number("max_seconds", 0.0)
+    tr.number("max_cpu_seconds", 0.0)
     tr.int("log_every", 1)
     tr.int("checkpoint_every", 1)
     tr.int("keep_checkpoints", 1)
@@ -316,7 +317,10 @@ def _eval(f: Fields, in_pipeline: bool = False):
 def _pipeline(f: Fields):
   from ppow_jax.pipeline import target_lm
   _target(f, required=False)
-  if not f.config.target.get("path"):
+  from ppow_jax.models import registry
+  source = f.config.target.get("source", "toy")
+  f.section("target").choice("source", ["toy", *registry.KNOWN])
+  if not f.config.target.get("path") and source == "toy":
     tl = f.section("target_lm")
     for name in ("corpus_bytes", "vocab_size", "hidden_size", "intermediate_size", "num_layers",
                  "num_heads", "num_kv_heads", "max_position_embeddings", "seq_len", "batch_size",

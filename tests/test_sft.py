@@ -71,7 +71,7 @@ def reference(stories_path, data_dir, tmp_path_factory):
 
 
 def _rows(workdir):
-  return [{k: v for k, v in r.items() if k != "step_time"} for r in read_metrics(workdir)]
+  return [{k: v for k, v in r.items() if k not in ("step_time", "step_cpu_time")} for r in read_metrics(workdir)]
 
 
 def _restore_params(workdir, config, target_cfg, step):

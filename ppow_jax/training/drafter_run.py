@@ -292,7 +292,7 @@ def train(config, workdir: str, target: Target, drafter: e3.Eagle3Drafter, make_
       const_args=(jax.device_put(target_params, target_sh), jax.device_put(drafter.d2t[...], repl)),
       const_shardings=(target_sh, repl), get_batch=get_batch,
       batch_sharding=sharding.batch_sharding(mesh, 2, rules), num_steps=t.num_steps,
-      max_seconds=t.max_seconds, seed=config.seed,
+      max_seconds=t.max_seconds, max_cpu_seconds=t.get("max_cpu_seconds", 0.0), seed=config.seed,
       ckpt=Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=t.checkpoint_every,
                         keep=t.keep_checkpoints),
       writer=MetricWriter(workdir), log_every=t.log_every, desc=desc, postfix=postfix)

