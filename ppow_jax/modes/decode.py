@@ -13,24 +13,31 @@ from absl import logging
 from ppow_jax import run_files
 from ppow_jax.data import prompts as prompt_files
 from ppow_jax.decoding import runner, sampling
+from ppow_jax.decoding import tree as draft_tree
 from ppow_jax.decoding.drafter_io import load_drafter
 from ppow_jax.models import hf_checkpoint
 
 
 def settings_from_config(config) -> runner.DecodeSettings:
   d = config.decode
+  tree = draft_tree.parse("decode.tree", d.get("tree", ""))
+  if tree is not None and not config.drafter.path:
+    raise ValueError(f"decode.tree={d.tree!r} needs a drafter: drafter.path is empty")
   return runner.DecodeSettings(
       window=d.window, max_new_tokens=d.max_new_tokens, batch_size=d.batch_size, seed=config.seed,
-      sp=sampling.SamplingParams(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p))
+      sp=sampling.SamplingParams(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p),
+      tree=tree)
 
 
-def check_context(target_cfg, max_prompt_len: int, max_new_tokens: int, window: int):
-  """A prompt + output that overflows the target's positions is refused up front."""
+def check_context(target_cfg, max_prompt_len: int, max_new_tokens: int, window: int,
+                  field: str = "decode.window"):
+  """A prompt + output that overflows the target's positions is refused up front. `window`: the
+  most draft tokens a step adds (a tree's depth, named by `field`)."""
   need = max_prompt_len + max_new_tokens + window + 1
   if need > target_cfg.max_position_embeddings:
     raise ValueError(
         f"data.max_prompt_len ({max_prompt_len}) + decode.max_new_tokens ({max_new_tokens}) + "
-        f"decode.window ({window}) + 1 = {need} exceeds the target's max_position_embeddings "
+        f"{field} ({window}) + 1 = {need} exceeds the target's max_position_embeddings "
         f"({target_cfg.max_position_embeddings}); lower one of them")
 
 
@@ -41,14 +48,18 @@ def run(config, workdir: str):
   target = hf_checkpoint.load_model(config.target.path, dtype=config.target.dtype or None)
   tokenizer = hf_checkpoint.load_tokenizer(config.target.path)
   settings = settings_from_config(config)
-  check_context(target.cfg, config.data.max_prompt_len, settings.max_new_tokens, settings.window)
+  if settings.tree is not None:
+    check_context(target.cfg, config.data.max_prompt_len, settings.max_new_tokens,
+                  settings.tree.depth, "decode.tree depth")
+  else:
+    check_context(target.cfg, config.data.max_prompt_len, settings.max_new_tokens, settings.window)
   drafter = drafter_params = None
   if config.drafter.path:
     drafter, drafter_params = load_drafter(config.drafter.path, target.cfg, target.params())
   ids = prompt_files.encode_prompts(tokenizer, prompts, config.data.max_prompt_len,
                                     config.data.truncation)
-  logging.info("decoding %d prompts (drafter: %s, window %d)", len(ids),
-               config.drafter.path or "none", settings.window)
+  logging.info("decoding %d prompts (drafter: %s, %s)", len(ids), config.drafter.path or "none",
+               f"tree {settings.tree}" if settings.tree else f"window {settings.window}")
   results = runner.decode(target.cfg, target.params(), ids, settings, drafter=drafter,
                           drafter_params=drafter_params)
   records = [{
@@ -58,7 +69,8 @@ def run(config, workdir: str):
   } for p, r in zip(prompts, results)]
   run_files.write_jsonl(os.path.join(workdir, "decode.jsonl"), records)
   summary = runner.summarize(results, [p.category for p in prompts])
-  summary.update(window=settings.window if drafter is not None else 0,
+  summary.update(window=settings.window if drafter is not None and not settings.tree else 0,
+                 tree=str(settings.tree) if settings.tree else None,
                  temperature=settings.sp.temperature, drafter=config.drafter.path or None,
                  target=config.target.path)
   run_files.write_json(os.path.join(workdir, "summary.json"), summary)
