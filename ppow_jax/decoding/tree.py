@@ -220,17 +220,13 @@ def accept(rng: jax.Array, tr: Tree, target_logits: jax.Array, sp: sampling.Samp
   depth+1] node indices from the root, repeating the last accepted node past it; n [B] accepted
   draft tokens; next_token [B], the target's token after the path).
   """
+  if sp.greedy:
+    return _accept_greedy(tr, target_logits, depth)
   b = target_logits.shape[0]
   topk = tr.children.shape[-1]
-  greedy = sp.greedy
-  if greedy:
-    best = jnp.argmax(target_logits, axis=-1).astype(jnp.int32)
-    probs = None
-    u = jnp.zeros((depth, topk, b))
-  else:
-    r_u, r_tok = jax.random.split(rng)
-    u = jax.random.uniform(r_u, (depth, topk, b))
-    probs = jnp.exp(sampling.log_probs(target_logits, sp))
+  r_u, r_tok = jax.random.split(rng)
+  u = jax.random.uniform(r_u, (depth, topk, b))
+  probs = jnp.exp(sampling.log_probs(target_logits, sp))
 
   def level(st, u_level):
     cur, alive, resid = st
@@ -241,30 +237,40 @@ def accept(rng: jax.Array, tr: Tree, target_logits: jax.Array, sp: sampling.Samp
       c = kids[:, i]
       has = alive & ~moved & (c >= 0)
       x = _rows(tr.tokens, jnp.maximum(c, 0))
-      if greedy:
-        ok = has & (x == _rows(best, cur))
-      else:
-        # Accept with probability p'(x) = resid[x] / sum(resid) (q(x) = 1).
-        ok = has & (u_level[i] * jnp.sum(resid, axis=-1) < _rows(resid, x))
-        resid = jnp.where((has & ~ok)[:, None], reject(resid, x), resid)
+      # Accept with probability p'(x) = resid[x] / sum(resid) (q(x) = 1).
+      ok = has & (u_level[i] * jnp.sum(resid, axis=-1) < _rows(resid, x))
+      resid = jnp.where((has & ~ok)[:, None], reject(resid, x), resid)
       return moved | ok, jnp.where(ok, c, nxt), resid
 
     moved, cur, resid = jax.lax.fori_loop(0, topk, child, (jnp.zeros((b,), bool), cur, resid))
-    if not greedy:
-      resid = jnp.where(moved[:, None], _rows(probs, cur), resid)  # a fresh node's own p
+    resid = jnp.where(moved[:, None], _rows(probs, cur), resid)  # a fresh node's own p
     return (cur, moved, resid), cur
 
   cur0 = jnp.zeros((b,), jnp.int32)
-  resid0 = jnp.zeros((b, 0)) if greedy else probs[:, 0]
-  (cur, _, resid), steps = jax.lax.scan(level, (cur0, jnp.ones((b,), bool), resid0), u)
+  (cur, _, resid), steps = jax.lax.scan(level, (cur0, jnp.ones((b,), bool), probs[:, 0]), u)
   path = jnp.concatenate([cur0[:, None], steps.T], axis=1)
   n = _rows(tr.depth, cur)
-  if greedy:
-    return path, n, _rows(best, cur)
   # If the residual vanished (a probability-zero event), fall back to the node's p.
   resid = jnp.where(jnp.sum(resid, -1, keepdims=True) > 0, resid, _rows(probs, cur))
   nxt = jax.random.categorical(r_tok, jnp.log(jnp.maximum(resid, 1e-38)), axis=-1)
   return path, n, nxt.astype(jnp.int32)
+
+
+def _accept_greedy(tr: Tree, target_logits: jax.Array, depth: int):
+  """Greedy acceptance without a walk: a node is accepted iff every node on its root path equals
+  the target's argmax at its parent; siblings are distinct tokens, so the accepted nodes form one
+  path, ending at the deepest."""
+  best = jnp.argmax(target_logits, axis=-1).astype(jnp.int32)
+  ok = (tr.tokens == _rows(best, jnp.maximum(tr.parent, 0))) | (tr.parent < 0)
+  accepted = ~jnp.any(tr.ancestors & ~ok[:, None, :], axis=2)
+  cur = jnp.argmax(jnp.where(accepted, tr.depth, -1), axis=1).astype(jnp.int32)
+  n = _rows(tr.depth, cur)
+  # path[d] = the ancestor of `cur` at depth d, for d <= n; `cur` past it.
+  anc = _rows(tr.ancestors, cur)  # [B, N]
+  at = anc[:, None, :] & (tr.depth[:, None, :] == jnp.arange(depth + 1)[None, :, None])
+  path = jnp.where(jnp.arange(depth + 1)[None] <= n[:, None],
+                   jnp.argmax(at, axis=2).astype(jnp.int32), cur[:, None])
+  return path, n, _rows(best, cur)
 
 
 def move_slots(cache: KVCache, src: jax.Array, dst: jax.Array) -> KVCache:

@@ -114,7 +114,7 @@ def cache_mask(cfg, lengths, max_len: int, positions, self_mask=None):
     self_mask = jnp.tril(jnp.ones((t, t), bool))
   w = self_mask.shape[-1]
   self_mask = jnp.broadcast_to(self_mask, (b, t, w))
-  win = rel + (w - t)  # index among the last w slots
+  win = rel if w == t else rel + (w - t)  # index among the last w slots
   in_win = (win >= 0) & (win < w)
   vis = jnp.take_along_axis(self_mask, jnp.broadcast_to(jnp.clip(win, 0, w - 1)[:, None, :],
                                                         (b, t, max_len)), axis=2)
