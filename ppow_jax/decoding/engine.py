@@ -3,7 +3,9 @@
 Everything is static-shaped: prompts are right-padded to a bucket, the KV caches and the token
 buffer have a fixed capacity, and each row of the batch accepts its own prefix length and stops on
 its own at EOS or `max_new_tokens`. With `drafter=None` the same loop decodes autoregressively
-(a window of 0), so speedups compare like with like.
+(a window of 0), so speedups compare like with like. With `tree` (a `tree.TreeSpec`) each step
+drafts a dynamic tree instead of a chain, the target verifies its nodes in one forward under the
+ancestor mask, and the accepted path's KV entries are moved into place (`ppow_jax.decoding.tree`).
 """
 
 from __future__ import annotations
