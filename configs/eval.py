@@ -8,6 +8,9 @@
 
 drafters: comma-separated "name=path" (an HF LM sharing the target's vocabulary, an EAGLE-3
 export, or a run directory holding export/); the autoregressive baseline is always included.
+With --config.eval.tree=depth,topk,num_nodes (e.g. 6,4,24) every drafter is also decoded with
+that dynamic draft tree (a row "NAME tree d,k,n" beside its chain row), and
+--config.eval.tree_num_nodes=16,24,40,60 sweeps num_nodes at the first temperature.
 Writes WORKDIR/report.md, report.json and PNG plots.
 """
 
@@ -30,6 +33,8 @@ def get_config():
       temperatures="0,1",  # comma-separated; one table each
       window=6,  # draft length K of the main tables
       windows="2,4,6,8",  # K sweep for the speedup-vs-K plot, at the first temperature; "" = none
+      tree="",  # "depth,topk,num_nodes": also decode every drafter with this tree; "" = none
+      tree_num_nodes="",  # num_nodes sweep of eval.tree at the first temperature; "" = none
       top_k=0, top_p=1.0, max_new_tokens=128, batch_size=1, progress=True,
       print_tables=True))  # per-category tables on stdout (the pipeline prints a summary)
   return c

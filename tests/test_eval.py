@@ -195,3 +195,49 @@ def test_config_parsing():
     eval_mode.parse_numbers("w", "2,0", int, 1)
   with pytest.raises(eval_mode.EvalSetupError, match="t: 'x' is not a number"):
     eval_mode.parse_numbers("t", "x", float, 0.0)
+
+
+# --- Draft trees ----------------------------------------------------------------------------------
+
+
+def test_tree_rows_and_num_nodes_sweep(stories_path, tmp_path):
+  if not SPEC_BENCH.exists():
+    pytest.skip(f"{SPEC_BENCH} not present")
+  data = eval_mode.run(_config(stories_path, f"self={stories_path}", str(SPEC_BENCH), windows="",
+                               tree="2,2,5", tree_num_nodes="3,5"), str(tmp_path))
+  row = data["results"]["0"]
+  assert list(row) == ["autoregressive", "self", "self tree 2,2,5"]
+  chain, tr = row["self"], row["self tree 2,2,5"]
+  assert (chain["tree"], chain["window"], tr["tree"]) == (None, WINDOW, "2,2,5")
+  for c in ("writing", "qa"):
+    st = tr["categories"][c]
+    hist = {int(k): v for k, v in st["accept_length_histogram"].items()}
+    assert sorted(hist) == [1, 2, 3] and sum(hist.values()) == st["num_steps"]
+    assert st["num_tokens"] == 2 * 16
+    assert sum(k * v for k, v in hist.items()) / st["num_steps"] == pytest.approx(st["tau"])
+  assert 1.5 < tr["mean"]["tau"] <= 3
+  sweep = data["tree_sweep"]
+  assert (sweep["depth"], sweep["topk"], data["tree_num_nodes"]) == (2, 2, [3, 5])
+  assert sweep["results"]["self"]["5"]["mean"] == tr["mean"]
+  assert max(int(k) for k in sweep["results"]["self"]["3"]["overall"]["accept_length_histogram"]) <= 3
+  md = (tmp_path / "report.md").read_text()
+  assert f"| self tree 2,2,5 | {report.cell(tr['categories']['writing'])} |" in md
+  sweep_md = md.split("## Tree num_nodes sweep")[1]
+  assert f"| drafter | chain K={WINDOW} | N=3 | N=5 |" in sweep_md
+  assert (f"| self | {report.cell(chain['mean'])} | "
+          f"{report.cell(sweep['results']['self']['3']['mean'])} | {report.cell(tr['mean'])} |"
+          in sweep_md)
+  assert (tmp_path / "tau_vs_num_nodes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(tree="4,4,70"), r"config.eval.tree: num_nodes=70 exceeds 1 \+ topk \+ "
+                          r"\(depth-1\)\*topk\^2 = 53"),
+    (dict(tree="2,2,5", tree_num_nodes="4,9"), r"config.eval.tree_num_nodes: num_nodes=9 exceeds"),
+    (dict(tree_num_nodes="4"), r"config.eval.tree_num_nodes='4' needs config.eval.tree"),
+    (dict(tree="2,2"), r"config.eval.tree: '2,2' is not 'depth,topk,num_nodes'"),
+])
+def test_bad_tree_settings_fail_before_decoding(no_decode, stories_path, tmp_path, kw, msg):
+  with pytest.raises(eval_mode.EvalSetupError, match=msg):
+    eval_mode.run(_config(stories_path, f"self={stories_path}", str(SPEC_BENCH), **kw),
+                  str(tmp_path))

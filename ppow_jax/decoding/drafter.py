@@ -4,9 +4,11 @@ A drafter is a static Python object (hashable, passed to jit as static) with pur
 (params, state). The engine keeps the committed tokens in a buffer `buf` [B, S]; `pos[b]` is the
 slot of the newest committed token (not yet in the target's cache). Each `propose` first ingests
 the *fresh* slots [fresh_start, pos] that the drafter has not processed (after a verification:
-the previous `last` and the accepted tokens), then drafts K tokens autoregressively.
+the previous `last` and the accepted tokens), then drafts K tokens autoregressively, or (tree
+decoding, `propose_tree`) a dynamic tree of `depth` steps (`ppow_jax.decoding.tree`).
 `target_hidden` holds the target's requested hidden states for slots fresh_start ..
-fresh_start+K (from the verification forward), for feature-level drafters such as EAGLE-3.
+fresh_start+K (from the verification forward; along the accepted path for a tree), for
+feature-level drafters such as EAGLE-3.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from ppow_jax.decoding import sampling
+from ppow_jax.decoding import tree as draft_tree
 from ppow_jax.models import transformer
 from ppow_jax.models.config import ModelConfig
 from ppow_jax.models.kv_cache import KVCache
@@ -44,6 +47,15 @@ class Drafter(Protocol):
   def propose(self, params, state, ctx: DraftContext, rng: jax.Array, window: int,
               sp: sampling.SamplingParams) -> tuple[Any, jax.Array, jax.Array]:
     """-> (state, draft tokens [B, K], processed draft log-probs over the target vocab [B, K, V])."""
+
+  def propose_tree(self, params, state, ctx: DraftContext, rng: jax.Array,
+                   spec: draft_tree.TreeSpec, sp: sampling.SamplingParams
+                   ) -> tuple[Any, draft_tree.Tree]:
+    """-> (state, a draft tree rooted at the token in slot pos, built by `tree.build`)."""
+
+  def commit_tree(self, params, state, tr: draft_tree.Tree, path: jax.Array,
+                  pos: jax.Array) -> Any:
+    """The state after the tree's path [B, depth+1] (node indices) was committed at slots pos.."""
 
 
 def window_slice(x: jax.Array, start: jax.Array, size: int) -> jax.Array:
@@ -100,3 +112,27 @@ class LMDrafter:
     toks = jnp.concatenate([toks, tok_k[None]], 0).T
     logps = jnp.concatenate([logps, logp_k[None]], 0).transpose(1, 0, 2)
     return cache, toks, logps
+
+  def propose_tree(self, params, state, ctx, rng, spec, sp):
+    # Ingest as `propose`; then frontier nodes of depth d go to slots pos+1+(d-1)*topk..,
+    # positions pos+d, over the tree slots from pos+1 (the ancestor mask).
+    start = jnp.maximum(ctx.pos - 1, ctx.fresh_start)
+    out = transformer.forward(self.cfg, params, window_slice(ctx.buf, start, 2),
+                              cache=state.with_lengths(start))
+    logits = jnp.take_along_axis(out.logits, (ctx.pos - start)[:, None, None], axis=1)[:, 0]
+    base = ctx.pos + 1
+
+    def expand(cache, depth, tokens, parents, mask):
+      o = transformer.forward(
+          self.cfg, params, tokens, cache=cache.with_lengths(base + (depth - 1) * spec.topk),
+          positions=jnp.broadcast_to((ctx.pos + depth)[:, None], tokens.shape), self_mask=mask)
+      return o.cache, o.logits
+
+    root = jnp.take_along_axis(ctx.buf, ctx.pos[:, None], axis=1)[:, 0]
+    return draft_tree.build(spec, sp, root, logits, expand, out.cache)
+
+  def commit_tree(self, params, state, tr, path, pos):
+    # Path nodes 1..depth-1 that were fed move to slots pos+1..; the next proposal ingests slots
+    # from pos+n on, so the last accepted node (maybe never fed) and any scratch are re-fed.
+    slots = jnp.take_along_axis(tr.draft_slot, path[:, 1:-1], axis=1)
+    return draft_tree.move_slots(state, pos[:, None] + 1 + slots, pos + 1)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppow_jax.decoding import engine, sampling
+from ppow_jax.decoding.tree import TreeSpec
 from ppow_jax.decoding.drafter import LMDrafter
 from ppow_jax.models import transformer
 from ppow_jax.progress import Progress
@@ -28,6 +29,7 @@ class DecodeSettings:
   sp: sampling.SamplingParams = sampling.SamplingParams()
   seed: int = 0
   min_bucket: int = 16
+  tree: TreeSpec | None = None  # a dynamic draft tree instead of a chain of `window` (needs a drafter)
 
 
 @dataclasses.dataclass
@@ -60,6 +62,7 @@ def decode(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], setti
     drafter_params = transformer.unstack(drafter_params)
   kw = dict(drafter=drafter, drafter_params=drafter_params,
             window=settings.window if drafter is not None else 0,
+            tree=settings.tree if drafter is not None else None,
             max_new_tokens=settings.max_new_tokens, sp=settings.sp, eos_ids=target_cfg.eos_ids)
   bar = Progress(len(batches), desc, unit="batch", leave=False, enabled=progress)
   for bi, rows in enumerate(batches):

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from ppow_jax.decoding import sampling
+from ppow_jax.decoding import tree as draft_tree
 from ppow_jax.decoding.drafter import window_slice
 from ppow_jax.eagle3 import model as e3
 from ppow_jax.eagle3.checkpoint import load_eagle3, read_embed_tokens
@@ -50,16 +51,20 @@ class Eagle3EngineDrafter:
                      cache=state.with_lengths(0 * num_valid))
     return out.cache.with_lengths(num_valid)
 
-  def propose(self, params, state, ctx, rng, window, sp):
-    width = window + 1
+  def _ingest(self, params, state, ctx, width):
+    """Feeds the fresh pairs (target feature of slot j, token j+1) for j = fresh .. fresh+width-1;
+    -> (cache up to slot pos-1, target-vocab logits and hidden state at slot pos-1)."""
     feats = e3.fuse(params["draft"], ctx.target_hidden)
     toks = window_slice(ctx.buf, ctx.fresh_start + 1, width)
     out = e3.forward(self.cfg, params["draft"], params["embed"], toks, feats,
                      cache=state.with_lengths(ctx.fresh_start))
     idx = jnp.clip(ctx.pos - 1 - ctx.fresh_start, 0, width - 1)
     take = lambda x: jnp.take_along_axis(x, idx[:, None, None], axis=1)[:, 0]
-    logits, hidden = self._target_logits(params, take(out.logits)), take(out.hidden)
-    cache = out.cache.with_lengths(ctx.pos)
+    return (out.cache.with_lengths(ctx.pos), self._target_logits(params, take(out.logits)),
+            take(out.hidden))
+
+  def propose(self, params, state, ctx, rng, window, sp):
+    cache, logits, hidden = self._ingest(params, state, ctx, window + 1)
 
     def step(carry, key):
       cache, logits, hidden = carry
@@ -74,6 +79,31 @@ class Eagle3EngineDrafter:
     toks = jnp.concatenate([toks, tok_k[None]], 0).T
     logps = jnp.concatenate([logps, logp_k[None]], 0).transpose(1, 0, 2)
     return cache, toks, logps
+
+  def propose_tree(self, params, state, ctx, rng, spec, sp):
+    # Frontier nodes of depth d read their parent's fed-back hidden state (EAGLE `topK_genrate`)
+    # at slots pos+(d-1)*topk.., positions pos+d-1 (as the chain's d-th step), over the tree
+    # slots from pos with the ancestor mask.
+    cache, logits, hidden = self._ingest(params, state, ctx, spec.depth + 1)
+    b = hidden.shape[0]
+
+    def expand(carry, depth, tokens, parents, mask):
+      cache, prev_hidden = carry
+      feats = jnp.take_along_axis(prev_hidden, parents[:, :, None], axis=1)
+      o = e3.forward(self.cfg, params["draft"], params["embed"], tokens, feats,
+                     cache=cache.with_lengths(ctx.pos + (depth - 1) * spec.topk),
+                     positions=jnp.broadcast_to((ctx.pos + depth - 1)[:, None], tokens.shape),
+                     self_mask=mask)
+      return (o.cache, o.hidden), self._target_logits(params, o.logits)
+
+    root = jnp.take_along_axis(ctx.buf, ctx.pos[:, None], axis=1)[:, 0]
+    carry = (cache, jnp.broadcast_to(hidden[:, None], (b, spec.topk, hidden.shape[-1])))
+    (cache, _), tr = draft_tree.build(spec, sp, root, logits, expand, carry)
+    return cache, tr
+
+  def commit_tree(self, params, state, tr, path, pos):
+    # Nothing moves: the next proposal re-ingests the accepted path with the target's features.
+    return state
 
 
 def load_for_engine(path: str, target_cfg, target_params: dict):

@@ -2,8 +2,10 @@
 
 Plots draw on matplotlib's Agg canvas directly (no pyplot), so they never need a display nor
 change the process-wide backend. Files, per temperature T: tau_per_category_T{T}.png (grouped
-bars), accept_lengths_T{T}.png (distribution of tokens per step, per drafter); and
-speedup_vs_window.png (mean speedup against the draft length K) when a sweep ran.
+bars), accept_lengths_T{T}.png (distribution of tokens per step, per drafter, chain and tree rows
+alike); speedup_vs_window.png (mean speedup against the draft length K) when a sweep ran; and
+tau_vs_num_nodes.png (tree tau and speedup against num_nodes, the chain as a line) when a tree
+sweep ran.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
       f"window K={data['window']}, seed {data['seed']}, top_k {data['top_k']}, "
       f"top_p {data['top_p']}",
       "- drafters: " + ", ".join(f"{k} (`{v}`)" if v else k for k, v in data["drafters"].items()),
+      *([f"- tree `{data['tree']}` (depth, topk, num_nodes): rows \"NAME tree {data['tree']}\" "
+         "draft a dynamic tree (EAGLE-2 expansion and rerank) instead of a chain of K"]
+        if data.get("tree") else []),
       "",
       "Cells: tau / speedup. tau = mean tokens per target verification step (accepted + 1); "
       "speedup = tokens/s over the autoregressive tokens/s of the same engine, prompts and run. "
@@ -103,6 +108,17 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
     lines += _table(["drafter", *(f"K={k}" for k in ks)],
                     [[name, *(cell(r[str(k)]["mean"]) for k in ks)]
                      for name, r in sweep["results"].items()])
+    lines.append("")
+  tsweep = data.get("tree_sweep")
+  if tsweep:
+    ns, tkey = data["tree_num_nodes"], temperature_key(tsweep["temperature"])
+    chain = data["results"][tkey]
+    lines += [f"## Tree num_nodes sweep (temperature {tkey}, depth {tsweep['depth']}, topk "
+              f"{tsweep['topk']}, category mean)", "",
+              "num_nodes = tokens the target verifies per step, the root included.", ""]
+    lines += _table(["drafter", f"chain K={data['window']}", *(f"N={n}" for n in ns)],
+                    [[name, cell(chain[name]["mean"]), *(cell(r[str(n)]["mean"]) for n in ns)]
+                     for name, r in tsweep["results"].items()])
     lines.append("")
   if plots:
     lines += ["## Plots", ""] + [f"![{key}]({fname})" for key, fname in plots.items()] + [""]
@@ -181,6 +197,29 @@ def plot_window_sweep(data: dict, path: str):
   fig.savefig(path)
 
 
+def plot_tree_sweep(data: dict, path: str):
+  """Mean tau and speedup against num_nodes per drafter; its chain (K = window) as a dashed line."""
+  sweep = data["tree_sweep"]
+  ns, tkey = data["tree_num_nodes"], temperature_key(sweep["temperature"])
+  fig = Figure(figsize=(11.0, 4.5), dpi=100)
+  FigureCanvasAgg(fig)
+  for i, key in enumerate(("tau", "speedup")):
+    ax = fig.add_subplot(1, 2, i + 1)
+    for j, (name, r) in enumerate(sweep["results"].items()):
+      color = f"C{j}"
+      ax.plot(ns, [r[str(n)]["mean"][key] for n in ns], marker="o", color=color,
+              label=f"{name}, tree")
+      ax.axhline(data["results"][tkey][name]["mean"][key], color=color, ls="--", lw=1,
+                 label=f"{name}, chain K={data['window']}")
+    ax.set_xticks(ns)
+    ax.set_xlabel("num_nodes (tokens verified per step)")
+    ax.set_ylabel("tau (tokens per target step)" if key == "tau" else "speedup (× autoregressive)")
+    ax.set_title(f"{key}: tree depth {sweep['depth']}, topk {sweep['topk']}, temperature {tkey}")
+    ax.legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path)
+
+
 def write_report(data: dict, workdir: str) -> list[str]:
   """Writes report.md and the PNG plots into workdir; returns their file names."""
   plots = {}
@@ -193,6 +232,9 @@ def write_report(data: dict, workdir: str) -> list[str]:
   if data.get("window_sweep"):
     plots["speedup_vs_window"] = "speedup_vs_window.png"
     plot_window_sweep(data, os.path.join(workdir, plots["speedup_vs_window"]))
+  if data.get("tree_sweep"):
+    plots["tau_vs_num_nodes"] = "tau_vs_num_nodes.png"
+    plot_tree_sweep(data, os.path.join(workdir, plots["tau_vs_num_nodes"]))
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(markdown(data, plots))
   return ["report.md", *plots.values()]

@@ -102,19 +102,25 @@ def cache_mask(cfg, lengths, max_len: int, positions, self_mask=None):
 
   A new token sees every committed slot (s < lengths[b], where slot = position) and, among the
   new slots, itself and its predecessors (causal) or, with `self_mask` [B,T,T] (a draft tree's
-  ancestor mask), the new tokens it marks. Sliding windows compare positions.
+  ancestor mask), the new tokens it marks. A wider `self_mask` [B,T,W] (W > T) governs the last W
+  slots, the T new ones preceded by W-T written earlier (a tree's nodes from previous draft
+  steps, as EAGLE's `tree_mask`); only slots before those count as committed. Sliding windows
+  compare positions (a slot not among the new tokens counts as at position = slot).
   """
   b, t = positions.shape
   slots = jnp.arange(max_len, dtype=jnp.int32)
   rel = slots[None, :] - lengths[:, None]  # [B, S]: index among the new tokens
   if self_mask is None:
     self_mask = jnp.tril(jnp.ones((t, t), bool))
-  self_mask = jnp.broadcast_to(self_mask, (b, t, t))
-  in_new = (rel >= 0) & (rel < t)
-  new_vis = jnp.take_along_axis(self_mask, jnp.broadcast_to(jnp.clip(rel, 0, t - 1)[:, None, :],
-                                                            (b, t, max_len)), axis=2)
-  mask = (rel < 0)[:, None, :] | (in_new[:, None, :] & new_vis)
+  w = self_mask.shape[-1]
+  self_mask = jnp.broadcast_to(self_mask, (b, t, w))
+  win = rel if w == t else rel + (w - t)  # index among the last w slots
+  in_win = (win >= 0) & (win < w)
+  vis = jnp.take_along_axis(self_mask, jnp.broadcast_to(jnp.clip(win, 0, w - 1)[:, None, :],
+                                                        (b, t, max_len)), axis=2)
+  mask = (win < 0)[:, None, :] | (in_win[:, None, :] & vis)
   if cfg.sliding_window:
+    in_new = (rel >= 0) & (rel < t)
     key_pos = jnp.where(in_new, jnp.take_along_axis(positions, jnp.clip(rel, 0, t - 1), axis=1),
                         slots[None, :])
     mask &= key_pos[:, None, :] > positions[:, :, None] - cfg.sliding_window
@@ -189,7 +195,8 @@ def forward(cfg: ModelConfig, params: dict, tokens: jax.Array, *, cache: KVCache
 
   tokens: [B, T] int. With `cache`, the tokens are written at slots cache.lengths[b].. and see
   the committed slots below plus each other (causal, or `self_mask` [B, T, T] for a draft tree:
-  node i sees node j iff j is i or an ancestor); their positions default to lengths[b] +
+  node i sees node j iff j is i or an ancestor; [B, T, W] also covers W-T slots written just
+  before them, see `cache_mask`); their positions default to lengths[b] +
   arange(T) (a tree passes prefix length + node depth). The returned cache has lengths + T
   (callers lower it to roll back, or move a tree's accepted path into place). Without a cache,
   `positions` (default arange) and `key_valid` ([B, T] padding flags) define the causal mask.

@@ -13,6 +13,7 @@ from absl import logging
 from ppow_jax import run_files
 from ppow_jax.data import prompts as prompt_files
 from ppow_jax.decoding import runner, sampling
+from ppow_jax.decoding import tree as draft_tree
 from ppow_jax.decoding.drafter_io import load_drafter
 from ppow_jax.models import hf_checkpoint
 from ppow_jax.user_errors import ConfigValueError
@@ -20,20 +21,27 @@ from ppow_jax.user_errors import ConfigValueError
 
 def settings_from_config(config) -> runner.DecodeSettings:
   d = config.decode
+  tree = draft_tree.parse("decode.tree", d.get("tree", ""))
+  if tree is not None and not config.drafter.path:
+    raise ConfigValueError(f"config.decode.tree={d.tree!r} needs a drafter: config.drafter.path "
+                           "is empty")
   return runner.DecodeSettings(
       window=d.window, max_new_tokens=d.max_new_tokens, batch_size=d.batch_size, seed=config.seed,
-      sp=sampling.SamplingParams(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p))
+      sp=sampling.SamplingParams(temperature=d.temperature, top_k=d.top_k, top_p=d.top_p),
+      tree=tree)
 
 
-def check_context(target_cfg, longest_prompt: int, max_new_tokens: int, window: int = 0):
+def check_context(target_cfg, longest_prompt: int, max_new_tokens: int, window: int = 0,
+                  field: str = "config.decode.window"):
   """A prompt + output that overflows the target's positions is refused before decoding.
 
   `longest_prompt` is the longest prompt of the run after truncation, so short prompts on a
-  short-context model pass whatever data.max_prompt_len says.
+  short-context model pass whatever data.max_prompt_len says; `window` is the most draft tokens
+  a step adds (a tree's depth, named by `field`).
   """
   need = longest_prompt + max_new_tokens + window + 1
   if need > target_cfg.max_position_embeddings:
-    draft = f" + config.decode.window ({window})" if window else ""
+    draft = f" + {field} ({window})" if window else ""
     raise ConfigValueError(
         f"the longest prompt ({longest_prompt} tokens) + config.decode.max_new_tokens "
         f"({max_new_tokens}){draft} + 1 = {need} exceeds the target's max_position_embeddings "
@@ -53,10 +61,15 @@ def run(config, workdir: str):
     drafter, drafter_params = load_drafter(config.drafter.path, target.cfg, target.params())
   ids = prompt_files.encode_prompts(tokenizer, prompts, config.data.max_prompt_len,
                                     config.data.truncation)
-  check_context(target.cfg, max(map(len, ids)), settings.max_new_tokens,
-                settings.window if drafter is not None else 0)
-  logging.info("decoding %d prompts (drafter: %s, window %d)", len(ids),
-               config.drafter.path or "none", settings.window)
+  if drafter is None:
+    check_context(target.cfg, max(map(len, ids)), settings.max_new_tokens)
+  elif settings.tree is not None:
+    check_context(target.cfg, max(map(len, ids)), settings.max_new_tokens, settings.tree.depth,
+                  "the depth of config.decode.tree")
+  else:
+    check_context(target.cfg, max(map(len, ids)), settings.max_new_tokens, settings.window)
+  logging.info("decoding %d prompts (drafter: %s, %s)", len(ids), config.drafter.path or "none",
+               f"tree {settings.tree}" if settings.tree else f"window {settings.window}")
   results = runner.decode(target.cfg, target.params(), ids, settings, drafter=drafter,
                           drafter_params=drafter_params)
   records = [{
@@ -66,7 +79,8 @@ def run(config, workdir: str):
   } for p, r in zip(prompts, results)]
   run_files.write_jsonl(os.path.join(workdir, "decode.jsonl"), records)
   summary = runner.summarize(results, [p.category for p in prompts])
-  summary.update(window=settings.window if drafter is not None else 0,
+  summary.update(window=settings.window if drafter is not None and not settings.tree else 0,
+                 tree=str(settings.tree) if settings.tree else None,
                  temperature=settings.sp.temperature, drafter=config.drafter.path or None,
                  target=config.target.path)
   run_files.write_json(os.path.join(workdir, "summary.json"), summary)

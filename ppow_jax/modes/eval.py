@@ -6,7 +6,9 @@ Speedup = a drafter's wall-clock tokens/s divided by the autoregressive tokens/s
 engine on the same prompts in the same run (runner.decode keeps compilation out of the timings).
 Each category is decoded by its own runner.decode call, so batches never mix categories and the
 per-category times are exact. "mean" columns average over categories; report.json also holds the
-pooled "overall" figures. Writes WORKDIR/report.md, report.json and PNG plots (see `report`).
+pooled "overall" figures. With `eval.tree` every drafter is decoded twice, as a chain of
+`eval.window` and as that dynamic draft tree (row "NAME tree d,k,n"), and `eval.tree_num_nodes`
+sweeps the tree's num_nodes. Writes WORKDIR/report.md, report.json and PNG plots (see `report`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from absl import logging
 from ppow_jax import run_files
 from ppow_jax.data import prompts as prompt_files
 from ppow_jax.decoding import runner, sampling
+from ppow_jax.decoding import tree as draft_tree
 from ppow_jax.decoding.drafter_io import DrafterMismatchError, load_drafter
 from ppow_jax.evaluation import report
 from ppow_jax.models import hf_checkpoint
@@ -75,6 +78,29 @@ def parse_drafters(spec) -> dict[str, str]:
       raise EvalSetupError(f"config.drafters: name {name!r} given twice")
     out[name] = path
   return out
+
+
+def parse_trees(tree_field: str, tree_value, sweep_field: str, sweep_value):
+  """(TreeSpec or None, [num_nodes of the sweep]) from "depth,topk,num_nodes" and "n,n,..";
+  every swept tree is validated, errors name the field."""
+  try:
+    tree = draft_tree.parse(tree_field, tree_value)
+  except ValueError as e:
+    raise EvalSetupError(str(e)) from None
+  sweep = parse_numbers(sweep_field, sweep_value, int, 2)
+  if sweep and tree is None:
+    raise EvalSetupError(f"{sweep_field}={sweep_value!r} needs {tree_field} (its depth and topk)")
+  for n in sweep:
+    try:
+      draft_tree.TreeSpec(tree.depth, tree.topk, n)
+    except ValueError as e:
+      raise EvalSetupError(f"{sweep_field}: {e}") from None
+  return tree, sorted(sweep)
+
+
+def tree_row(name: str, tree) -> str:
+  """report.json's row name of a drafter decoded with a tree."""
+  return f"{name} tree {tree}"
 
 
 def load_benchmarks(paths: list[str], categories: list[str],
@@ -158,6 +184,9 @@ def run(config, workdir: str):
     raise EvalSetupError("config.eval.temperatures is empty")
   window = parse_numbers("config.eval.window", config.eval.window, int, 1)[0]
   windows = sorted(parse_numbers("config.eval.windows", config.eval.windows, int, 1))
+  tree, tree_nodes = parse_trees("config.eval.tree", config.eval.get("tree", ""),
+                                 "config.eval.tree_num_nodes",
+                                 config.eval.get("tree_num_nodes", ""))
   specs = parse_drafters(config.drafters)
   categories = _split(config.data.categories)
   limit = config.data.limit_per_category or None
@@ -171,7 +200,7 @@ def run(config, workdir: str):
                                     config.data.truncation)
   e = config.eval
   longest = max(map(len, ids))
-  k_max = max([window, *windows]) if drafters else 0
+  k_max = max([window, *windows, tree.depth if tree else 0]) if drafters else 0
   need = longest + e.max_new_tokens + k_max + 1
   if need > target.cfg.max_position_embeddings:
     raise EvalSetupError(
@@ -182,52 +211,72 @@ def run(config, workdir: str):
   cats = list(dict.fromkeys(p.category for p in prompts))
   cat_ids = {c: [x for x, p in zip(ids, prompts) if p.category == c] for c in cats}
   sweep = [k for k in windows if k != window] if drafters else []
-  logging.info("eval: %d prompts in %d categories, drafters %s, temperatures %s, K=%d, sweep %s",
-               len(prompts), len(cats), list(specs), temperatures, window, windows)
+  tree_sweep = [n for n in tree_nodes if n != tree.num_nodes] if drafters and tree else []
+  logging.info("eval: %d prompts in %d categories, drafters %s, temperatures %s, K=%d, sweep %s, "
+               "tree %s, num_nodes sweep %s", len(prompts), len(cats), list(specs), temperatures,
+               window, windows, tree, tree_nodes)
 
   # --- Decoding. ---
-  calls = len(temperatures) * (1 + len(drafters)) + len(sweep) * len(drafters)
+  per_t = 1 + len(drafters) * (2 if tree else 1)
+  calls = len(temperatures) * per_t + (len(sweep) + len(tree_sweep)) * len(drafters)
   bar = Progress(calls * len(cats), "eval", unit="decode", enabled=e.progress)
 
-  def decode(name: str, temperature: float, k: int) -> dict:
+  def decode(name: str, temperature: float, k: int, tree=None) -> dict:
     drafter, dparams = drafters.get(name, (None, None))
     settings = runner.DecodeSettings(
         window=k, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=config.seed,
-        sp=sampling.SamplingParams(temperature=temperature, top_k=e.top_k, top_p=e.top_p))
+        sp=sampling.SamplingParams(temperature=temperature, top_k=e.top_k, top_p=e.top_p),
+        tree=tree)
     per_cat = {}
     for c in cats:
-      bar.set_postfix(f"{name} T={temperature:g} K={k} {c}")
+      bar.set_postfix(f"{name} T={temperature:g} {f'tree {tree}' if tree else f'K={k}'} {c}")
       results = runner.decode(target.cfg, tparams, cat_ids[c], settings, drafter=drafter,
                               drafter_params=dparams, desc=c, progress=e.progress)
-      per_cat[c] = _stats(results, k if drafter is not None else 0)
-      outputs[(name, temperature, k)] = outputs.get((name, temperature, k), []) + [
-          r.output_token_ids for r in results]
+      longest = (tree.depth if tree else k) if drafter is not None else 0
+      per_cat[c] = _stats(results, longest)
+      key = (name, temperature, str(tree) if tree else k)
+      outputs[key] = outputs.get(key, []) + [r.output_token_ids for r in results]
       bar.update()
     return per_cat
 
-  def identical(name: str, temperature: float, k: int) -> float:
+  def identical(name: str, temperature: float, k) -> float:
     """Share of prompts whose output equals the autoregressive one (greedy: must be 1)."""
     ours, base = outputs[(name, temperature, k)], outputs[(AUTOREGRESSIVE, temperature, 0)]
     return sum(a == b for a, b in zip(ours, base)) / len(base)
 
   outputs: dict = {}
-
-  results, sweep_results = {}, {}
+  results, sweep_results, tree_results = {}, {}, {}
+  figures = ("categories", "mean", "overall")
   for t in temperatures:
     base = decode(AUTOREGRESSIVE, t, 0)
-    row = {AUTOREGRESSIVE: {"window": 0, **_with_speedups(base, base)}}
+    row = {AUTOREGRESSIVE: {"window": 0, "tree": None, **_with_speedups(base, base)}}
     for name in drafters:
-      row[name] = {"window": window, **_with_speedups(decode(name, t, window), base)}
+      row[name] = {"window": window, "tree": None, **_with_speedups(decode(name, t, window), base)}
       if t == 0:  # Greedy speculative decoding is lossless: every output must be the same.
         row[name]["identical_to_autoregressive"] = identical(name, t, window)
       logging.info("T=%g %s: tau %.3f speedup %.2fx", t, name, row[name]["mean"]["tau"],
                    row[name]["mean"]["speedup"])
+      if tree:
+        r = row[tree_row(name, tree)] = {"window": 0, "tree": str(tree),
+                                         **_with_speedups(decode(name, t, 0, tree), base)}
+        logging.info("T=%g %s tree %s: tau %.3f speedup %.2fx", t, name, tree, r["mean"]["tau"],
+                     r["mean"]["speedup"])
+        if t == 0:
+          r["identical_to_autoregressive"] = identical(name, t, str(tree))
     results[report.temperature_key(t)] = row
+    if t == temperatures[0] and tree_nodes and drafters:
+      for name in drafters:
+        main = row[tree_row(name, tree)]
+        tree_results[name] = {
+            str(n): (_with_speedups(decode(name, t, 0, draft_tree.TreeSpec(
+                tree.depth, tree.topk, n)), base) if n != tree.num_nodes
+                     else {key: main[key] for key in figures})
+            for n in tree_nodes}
     if t == temperatures[0] and windows and drafters:
       for name in drafters:
         sweep_results[name] = {
             str(k): (_with_speedups(decode(name, t, k), base) if k != window
-                     else {key: row[name][key] for key in ("categories", "mean", "overall")})
+                     else {key: row[name][key] for key in figures})
             for k in windows}
   bar.close()
 
@@ -242,6 +291,9 @@ def run(config, workdir: str):
       "results": results,
       "window_sweep": ({"temperature": temperatures[0], "results": sweep_results}
                        if sweep_results else None),
+      "tree": str(tree) if tree else None, "tree_num_nodes": tree_nodes,
+      "tree_sweep": ({"temperature": temperatures[0], "depth": tree.depth, "topk": tree.topk,
+                      "results": tree_results} if tree_results else None),
   }
   run_files.write_json(os.path.join(workdir, "report.json"), data)
   files = report.write_report(data, workdir)
