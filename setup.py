@@ -6,8 +6,8 @@ from setuptools import find_packages, setup
 
 here = pathlib.Path(__file__).parent
 requirements = [
-    line.strip() for line in (here / "requirements.txt").read_text().splitlines()
-    if line.strip() and not line.startswith("#")
+    line.split("#")[0].strip() for line in (here / "requirements.txt").read_text().splitlines()
+    if line.split("#")[0].strip()
 ]
 
 setup(

