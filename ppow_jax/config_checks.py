@@ -343,6 +343,14 @@ def _pipeline(f: Fields):
       p.int(name, 1)
   for name, check_section in (("sft", _sft), ("ppow", _ppow), ("eval", _eval)):
     check_section(f.section(name), in_pipeline=True)
+  seeds = f.config.get("ppow_seeds", ())
+  if not isinstance(seeds, (tuple, list)) or not all(isinstance(x, int) for x in seeds):
+    raise ConfigValueError(f"config.ppow_seeds={seeds!r}: must be a tuple of integer seeds")
+  if "control" in f.config:
+    c = f.section("control")
+    c.bool("enabled")
+    c.number("learning_rate", 0.0, above=True)
+    c.int("warmup_steps", 0)
 
 
 def _dryrun(f: Fields):

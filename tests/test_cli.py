@@ -108,9 +108,9 @@ def test_misspelt_config_keys_suggest_the_field(tmp_path):
     ("ppow", (), "config.drafter.init_from='': is empty"),
     ("eval", ("--config.eval.temperatures=0,x", f"--config.data.benchmarks={GSM8K}"),
      "config.eval.temperatures: 'x' is not a number"),
-    ("default", ("--config.sft.train.num_steps=0",),
+    ("default.py:toy", ("--config.sft.train.num_steps=0",),
      "config.sft.train.num_steps=0: must be an integer >= 1"),
-    ("default", ("--config.target_lm.num_heads=3",),
+    ("default.py:toy", ("--config.target_lm.num_heads=3",),
      "config.target_lm.hidden_size=128 is not a multiple of num_heads=3"),
     ("convert", ("--config.source=/nowhere/model.gguf",),
      "config.source='/nowhere/model.gguf': no such file"),
@@ -121,7 +121,8 @@ def test_bad_values_name_the_field(tmp_path, config, overrides, message):
   target = ([f"--config.target.path={STORIES}"]
             if config in ("decode", "sft", "ppow", "eval") else [])
   prompts = [f"--config.data.prompts={GSM8K}"] if config == "decode" else []
-  _user_error(_main("--config", f"configs/{config}.py", "--workdir", tmp_path, *target, *prompts,
+  spec = f"configs/{config}" if ".py" in config else f"configs/{config}.py"
+  _user_error(_main("--config", spec, "--workdir", tmp_path, *target, *prompts,
                     *overrides), message)
   assert not (tmp_path / "config.json").exists()  # refused before any work
 

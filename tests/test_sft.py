@@ -414,6 +414,9 @@ def test_init_head_from_target(reference, target):
   tp = target.params()
   np.testing.assert_array_equal(np.asarray(d.lm_head[...]), np.asarray(tp["embed"]).T[:, ids])
   np.testing.assert_array_equal(np.asarray(d.norm[...]), np.asarray(tp["final_norm"]))
+  # Copies: the train step donates the drafter's buffers and reads the target's in one call.
+  assert (d.norm[...].unsafe_buffer_pointer()
+          != jnp.asarray(tp["final_norm"]).unsafe_buffer_pointer())
   config.drafter.init_head_from_target = False
   fresh = drafter_run.init_drafter(config, drafter_run.Target(target, None), train)
   assert not np.allclose(np.asarray(fresh.lm_head[...]), np.asarray(d.lm_head[...]))

@@ -21,7 +21,7 @@ def _load_default_config():
   spec = importlib.util.spec_from_file_location("ppow_configs_default", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config("toy")  # the embedded toy target is the variant `:toy`
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ access over ArrayRecord files), here built from local files only: no download, n
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Callable, Sequence
 
@@ -23,7 +24,36 @@ import tensorflow_datasets as tfds
 from ppow_jax.data import prompts as prompt_files
 
 
-class Prompts(tfds.core.GeneratorBasedBuilder):
+class _QuietBuilder(tfds.core.GeneratorBasedBuilder):
+  """A local builder: tfds' download banners and per-split progress bars say nothing useful
+  for files already on disk, so preparation prints one line instead."""
+
+  def _log_download_bytes(self):
+    print(f"writing the {self.name} dataset to {self.data_dir}", flush=True)
+
+  def _log_download_done(self):
+    pass
+
+  def download_and_prepare(self, *args, **kwargs):
+    tfds.disable_progress_bar()
+    try:
+      return super().download_and_prepare(*args, **kwargs)
+    finally:
+      tfds.enable_progress_bar()
+
+
+class _NoVariantNotice(logging.Filter):
+  """Drops tfds' "Variant folder ... has no dataset_info.json" notice, which it logs for every
+  dataset not prepared yet (the normal case on a first run, not a problem)."""
+
+  def filter(self, record):
+    return "has no dataset_info.json" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoVariantNotice())
+
+
+class Prompts(_QuietBuilder):
   """Prompts of local prompt files as one `train` split, in file order, without duplicates
   (normalised text) and without any prompt an evaluation file holds (`exclude`)."""
 
@@ -67,7 +97,7 @@ class Prompts(tfds.core.GeneratorBasedBuilder):
     self.info.metadata["dropped"] = dropped
 
 
-class SelfDistillation(tfds.core.GeneratorBasedBuilder):
+class SelfDistillation(_QuietBuilder):
   """The target's answers to training / held-out prompts, as packed token sequences."""
 
   VERSION = tfds.core.Version("1.0.0")

@@ -15,16 +15,30 @@ class DrafterMismatchError(UserError, ValueError):
   """A drafter that cannot serve this target (vocabulary or hidden sizes differ)."""
 
 
+def _is_model_dir(path: str) -> bool:
+  """A checkpoint's config.json (not the resolved run config `main` writes into a workdir)."""
+  fname = os.path.join(path, "config.json")
+  if not os.path.exists(fname):
+    return False
+  try:
+    with open(fname) as f:
+      d = json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return True  # let the loader report the bad file
+  return isinstance(d, dict) and ("architectures" in d or "model_type" in d)
+
+
 def resolve_drafter_dir(path: str) -> str:
   """Accepts an export directory, or a run directory holding one under `export/`."""
   if not os.path.isdir(path):
     raise FileNotFoundError(f"drafter directory not found: {path}")
-  if os.path.exists(os.path.join(path, "config.json")):
+  if _is_model_dir(path):
     return path
   sub = os.path.join(path, "export")
-  if os.path.exists(os.path.join(sub, "config.json")):
+  if _is_model_dir(sub):
     return sub
-  raise FileNotFoundError(f"{path}: no config.json (nor export/config.json) for a drafter")
+  raise FileNotFoundError(f"{path}: no checkpoint config.json (nor export/config.json) for a "
+                          "drafter")
 
 
 def is_eagle3_dir(path: str) -> bool:

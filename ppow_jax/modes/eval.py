@@ -24,7 +24,7 @@ from ppow_jax.decoding import runner, sampling
 from ppow_jax.decoding import tree as draft_tree
 from ppow_jax.decoding.drafter_io import DrafterMismatchError, load_drafter
 from ppow_jax.evaluation import report
-from ppow_jax.models import hf_checkpoint
+from ppow_jax.models import hf_checkpoint, transformer
 from ppow_jax.progress import Progress
 from ppow_jax.user_errors import UserError
 
@@ -193,7 +193,7 @@ def run(config, workdir: str):
   benchmarks = _split(config.data.benchmarks)
   prompts = load_benchmarks(benchmarks, categories, limit)
   target = hf_checkpoint.load_model(config.target.path, dtype=config.target.dtype or None)
-  tparams = target.params()
+  tparams = transformer.unstack(target.params())  # decode layout, made once
   drafters = load_drafters(specs, target.cfg, tparams)
   tokenizer = hf_checkpoint.load_tokenizer(config.target.path)
   ids = prompt_files.encode_prompts(tokenizer, prompts, config.data.max_prompt_len,

@@ -108,19 +108,43 @@ def run(config, workdir: str):
   sft_result = _cached_stage(sft.run, sft_cfg, sft_dir, "sft", timings,
                              "[2/5] self-distillation data + [3/5] token-level EAGLE-3 drafter")
 
-  # 4. PPOW.
-  ppow_cfg, ppow_dir = configure(config.ppow, "ppow")
-  ppow_cfg.drafter.init_from = os.path.join(sft_dir, "export")
-  ppow_result = _cached_stage(ppow.run, ppow_cfg, ppow_dir, "ppow", timings,
-                              "[4/5] PPOW fine-tuning")
+  # 4. PPOW, once per seed of `ppow_seeds` (default: the pipeline's seed). With `control` on,
+  # each PPOW run is matched by more token-level training from the same start for the same CPU
+  # time (what PPOW's training steps took), the comparison PPOW has to win.
+  start = os.path.join(sft_dir, "export")
+  drafters = {"token-level": start}
+  ppow_results = {}
+  control = config.get("control", None)
+  for seed in list(config.get("ppow_seeds", ())) or [config.seed]:
+    tag = "" if seed == config.seed else f"_seed{seed}"
+    ppow_cfg, ppow_dir = configure(config.ppow, "ppow" + tag)
+    ppow_cfg.seed = seed
+    ppow_cfg.drafter.init_from = start
+    ppow_results["ppow" + tag] = _cached_stage(
+        ppow.run, ppow_cfg, ppow_dir, "ppow" + tag, timings,
+        f"[4/5] PPOW fine-tuning{f' (seed {seed})' if tag else ''}")
+    if control is not None and control.enabled:
+      cpu = _training_cpu_seconds(ppow_dir)
+      ctl_cfg, ctl_dir = configure(config.sft, "token_level_more" + tag)
+      ctl_cfg.seed = seed
+      ctl_cfg.drafter.init_from = start
+      ctl_cfg.train.num_steps = 1_000_000  # the CPU-time budget ends it
+      ctl_cfg.train.max_cpu_seconds = cpu
+      ctl_cfg.optim.learning_rate = control.learning_rate
+      ctl_cfg.optim.warmup_steps = control.warmup_steps
+      _cached_stage(sft.run, ctl_cfg, ctl_dir, "token_level_more" + tag, timings,
+                    f"[4/5] control: more token-level training for PPOW's {cpu / 60:.1f} CPU "
+                    f"minutes{f' (seed {seed})' if tag else ''}")
+      drafters["token-level+more" + tag] = os.path.join(ctl_dir, "export")
+    drafters["ppow" + tag] = os.path.join(ppow_dir, "export")
+  ppow_result = ppow_results.get("ppow") or next(iter(ppow_results.values()))
 
   # 5. Evaluation report.
   eval_cfg = config.eval.copy_and_resolve_references()
   eval_cfg.target.path = target_path
   eval_cfg.seed = config.seed
   eval_cfg.eval.print_tables = False
-  eval_cfg.drafters = (f"token-level={os.path.join(sft_dir, 'export')},"
-                       f"ppow={os.path.join(ppow_dir, 'export')}")
+  eval_cfg.drafters = ",".join(f"{k}={v}" for k, v in drafters.items())
   if not eval_cfg.data.benchmarks:
     if not eval_prompts:
       eval_prompts = os.path.join(data_dir, "eval_prompts.jsonl")
@@ -151,6 +175,21 @@ def run(config, workdir: str):
   return summary
 
 
+def _training_cpu_seconds(stage_dir: str) -> float:
+  """CPU seconds a training stage's steps took (its metrics.jsonl `step_cpu_time`s)."""
+  # Logged steps may be every `log_every`-th: the mean logged step times the number of steps.
+  times, last = [], 0
+  with open(os.path.join(stage_dir, "metrics.jsonl")) as f:
+    for line in f:
+      m = json.loads(line)
+      if "step_cpu_time" in m:
+        times.append(m["step_cpu_time"])
+        last = max(last, int(m.get("step", 0)))
+  if not times:
+    raise RuntimeError(f"{stage_dir}/metrics.jsonl: no step_cpu_time to match")
+  return sum(times) / len(times) * max(last, len(times))
+
+
 def _target_summary(s: dict, seconds: float | None) -> str:
   """'  target: 1.05M parameters, 1500 steps in 3 min 10 s; held-out loss 3.59 nats/token, 1.74
   bits/byte' from the target's DONE summary (`seconds` None: it was cached)."""
@@ -161,9 +200,20 @@ def _target_summary(s: dict, seconds: float | None) -> str:
 
 
 def _heldout_prompt_file(sft_cfg, target_path: str, path: str):
-  """For a user's target: evaluation prompts decoded from the held-out self-distillation data."""
+  """For a user's target: the held-out prompts (prompt files, synthesized prompts) or, for data
+  sampled from BOS, prompts decoded from the held-out self-distillation data."""
   from ppow_jax.data import selfdistill
   from ppow_jax.models import hf_checkpoint
+  from ppow_jax.training import drafter_run
+  d = sft_cfg.data
+  if d.prompts or d.get("synthesize", 0):
+    # Cached by the data stage, so the target is not needed to read them back.
+    prompts = drafter_run.training_prompts(sft_cfg, None, d.dir)[:d.num_samples or None]
+    held = prompts[len(prompts) - d.num_heldout:][:sft_cfg.eval.num_prompts]
+    run_files.write_jsonl(path, [{"id": f"heldout/{p.id}", "category": "heldout",
+                                  "prompt": p.turns[0]} for p in held])
+    logging.info("wrote %s", path)
+    return
   tok = hf_checkpoint.load_tokenizer(target_path)
   recs = selfdistill.load(sft_cfg.data.dir, "heldout")
   n = sft_cfg.eval.prompt_len

@@ -230,7 +230,9 @@ def init_drafter(config, target: Target, train_records) -> e3.Eagle3Drafter:
     head = np.asarray(tp["lm_head"] if "lm_head" in tp else np.asarray(tp["embed"]).T)
     ids = np.arange(vd) + np.asarray(d2t)
     drafter.lm_head[...] = jnp.asarray(head[:, ids], cfg.jnp_dtype)
-    drafter.norm[...] = jnp.asarray(tp["final_norm"], cfg.jnp_dtype)
+    # Copies, never views: the train step donates the drafter's buffers while the target's
+    # stay live, and a shared buffer would be donated and read in the same call.
+    drafter.norm[...] = jnp.array(np.asarray(tp["final_norm"]), cfg.jnp_dtype, copy=True)
   return drafter
 
 
