@@ -31,7 +31,10 @@ def get_config():
       # "" = vLLM/SGLang's default (2, L//2, L-3).
       aux_layers="",
       # Fresh drafters: lm_head and final norm start as the target's (draft-vocabulary columns).
-      init_head_from_target=False))
+      init_head_from_target=False,
+      # Precondition fc against the target's massive activations (drafter_run.feature_scale):
+      # for pretrained targets such as SmolLM2; the exported layout is unchanged.
+      feature_scaling=False))
   c.data = ml_collections.ConfigDict(dict(
       # Prompts: comma-separated files (any format data.prompts reads) and/or `synthesize` > 0
       # prompts the target writes itself (Magpie); prompts overlapping the `exclude` files

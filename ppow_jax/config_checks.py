@@ -189,6 +189,7 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
               "run's export/ directory or an imported EAGLE-3 checkpoint)" if needs_init else None)
     dr.int("draft_vocab_size", 0)
     dr.bool("init_head_from_target")
+    dr.bool("feature_scaling")
     if dr.has("aux_layers") and dr["aux_layers"]:
       parts = str(dr["aux_layers"]).replace(" ", "").split(",")
       if len(parts) != 3 or not all(p.isdigit() and int(p) >= 1 for p in parts):

@@ -420,3 +420,28 @@ def test_init_head_from_target(reference, target):
   config.drafter.init_head_from_target = False
   fresh = drafter_run.init_drafter(config, drafter_run.Target(target, None), train)
   assert not np.allclose(np.asarray(fresh.lm_head[...]), np.asarray(d.lm_head[...]))
+
+
+def test_feature_scale_tames_massive_dimensions(reference, target):
+  """feature_scale: 1 for ordinary dimensions, below 1 exactly where a dimension's RMS exceeds
+  its layer's median (a planted massive activation here); the fc update rows follow it."""
+  _, config, _ = reference
+  train, _ = drafter_run.prepare_data(config, drafter_run.Target(target, None), "unused")
+  layers = (1, 2, 2)
+  s = drafter_run.feature_scale(drafter_run.Target(target, None), layers, train, 32)
+  h = target.cfg.hidden_size
+  assert s.shape == (3 * h,) and (s <= 1).all() and (s > 0).all()
+  assert all((s[i * h:(i + 1) * h] == 1.0).mean() >= 0.5 for i in range(3))
+  # A target whose embedding has one dimension 100x larger: that dimension of the layer-0 block
+  # (the embeddings) gets about 1/100.
+  params = jax.tree.map(lambda x: x, target.params())
+  params["embed"] = params["embed"].at[:, 3].multiply(100.0)
+  big = drafter_run.Target(type("T", (), {"cfg": target.cfg, "params": lambda self: params})(),
+                           None)
+  s0 = drafter_run.feature_scale(big, (0, 1, 2), train, 32)
+  assert s0[3] < 0.05 and np.delete(s0[:h], 3).min() > 0.2
+  tx = drafter_run.scale_fc_updates(s0)
+  upd = {"fc": jnp.ones((3 * h, 4)), "norm": jnp.ones(4)}
+  out, _ = tx.update(upd, tx.init(upd))
+  np.testing.assert_allclose(np.asarray(out["fc"][:, 0]), s0)
+  assert (np.asarray(out["norm"]) == 1).all()

@@ -222,6 +222,10 @@ def init_drafter(config, target: Target, train_records) -> e3.Eagle3Drafter:
   drafter = e3.Eagle3Drafter(cfg, rngs=nnx.Rngs(config.seed))
   d2t, t2d = build_vocab_maps(selfdistill.token_counts(train_records, v), vd)
   drafter.set_vocab_maps(d2t, t2d)
+  if config.drafter.get("feature_scaling"):
+    scale = feature_scale(target, cfg.aux_layers, train_records, config.data.seq_len)
+    # fc starts with each input dimension's column scaled to its share (see feature_scale).
+    drafter.fc[...] = drafter.fc[...] * jnp.asarray(scale, drafter.fc[...].dtype)[:, None]
   if config.drafter.get("init_head_from_target") and cfg.hidden_size == target.cfg.hidden_size:
     # Start the output side where EAGLE-1 left it for good (it reuses the target's head): the
     # target's final norm and LM head columns of the draft vocabulary, so the drafter only has
@@ -236,6 +240,43 @@ def init_drafter(config, target: Target, train_records) -> e3.Eagle3Drafter:
   return drafter
 
 
+def feature_scale(target: Target, aux_layers, records, seq_len: int, rows: int = 8) -> np.ndarray:
+  """Per input dimension of fc, min(1, median RMS of its aux layer / its RMS) [3H].
+
+  Pretrained LMs carry "massive activations" (Sun et al. 2024, arXiv 2402.17762): a few
+  residual-stream dimensions hundreds of times larger than the rest (SmolLM2-135M: RMS ~20 at
+  layer 27 but one dimension ~400, and ~25000 at the first token). EAGLE-3's fc reads the raw
+  states, so those dimensions swamp the fused feature and take Adam's full step size. Scaling
+  their fc columns and updates by this factor is a preconditioning of fc alone; the drafter's
+  function and exported layout are unchanged. Measured on `rows` training sequences, without
+  their first token.
+  """
+  data = selfdistill.SequenceData(records, seq_len=seq_len, batch_size=min(rows, len(records)),
+                                  seed=0)
+  batch = data.batch(0)
+  out = transformer.forward(target.cfg, target.params(), jnp.asarray(batch["tokens"]),
+                            key_valid=jnp.asarray(batch["valid"]), hidden_layers=aux_layers,
+                            return_logits=False)
+  valid = np.asarray(batch["valid"]).copy()
+  valid[:, 0] = False
+  scales = []
+  for h in out.hidden:
+    rms = np.sqrt((np.asarray(h, np.float32)[valid] ** 2).mean(0))
+    scales.append(np.minimum(1.0, np.median(rms) / np.maximum(rms, 1e-12)))
+  return np.concatenate(scales).astype(np.float32)
+
+
+def scale_fc_updates(scale) -> optax.GradientTransformation:
+  """Multiplies the fc update's rows by `scale` [3H] (see feature_scale)."""
+  s = np.asarray(scale, np.float32)[:, None]
+
+  def update_fn(updates, state, params=None):
+    del params
+    return {**updates, "fc": updates["fc"] * s}, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def with_params(drafter: e3.Eagle3Drafter, params) -> e3.Eagle3Drafter:
   """The drafter module carrying trained `params`."""
   state = nnx.state(drafter, nnx.Param)
@@ -247,13 +288,17 @@ def with_params(drafter: e3.Eagle3Drafter, params) -> e3.Eagle3Drafter:
   return drafter
 
 
-def make_optimizer(o, num_steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warmup and cosine decay, after global-norm clipping."""
+def make_optimizer(o, num_steps: int, fc_scale=None) -> optax.GradientTransformation:
+  """AdamW with linear warmup and cosine decay, after global-norm clipping (and fc's update
+  rows scaled by `fc_scale`, see feature_scale)."""
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.learning_rate, warmup_steps=min(o.warmup_steps, num_steps),
       decay_steps=max(num_steps, o.warmup_steps + 1), end_value=o.learning_rate * o.final_lr_fraction)
-  return optax.chain(optax.clip_by_global_norm(o.grad_clip),
-                     optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+  chain = [optax.clip_by_global_norm(o.grad_clip),
+           optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)]
+  if fc_scale is not None:
+    chain.append(scale_fc_updates(fc_scale))
+  return optax.chain(*chain)
 
 
 def export(drafter: e3.Eagle3Drafter, path: str):
@@ -277,13 +322,13 @@ def measure_tau(target: Target, drafter: e3.Eagle3Drafter, prompt_ids, *, window
 
 
 def train(config, workdir: str, target: Target, drafter: e3.Eagle3Drafter, make_step, get_batch,
-          *, desc: str, postfix: tuple):
+          *, desc: str, postfix: tuple, fc_scale=None):
   """Places the drafter's train state and the frozen target on the config's mesh, then runs
   `make_step(optimizer)` (a pure step) through the resume-first loop. Returns the final state."""
   t = config.train
   rules = sharding.rules_from_config(config)
   mesh = config_mesh(config)
-  optimizer = make_optimizer(config.optim, t.num_steps)
+  optimizer = make_optimizer(config.optim, t.num_steps, fc_scale)
   drafter_sh = sharding.tree_shardings(drafter.params(), e3.LOGICAL_AXES, mesh, rules)
   state, state_sh = loop.init_state(optimizer, drafter.params(), drafter_sh, mesh)
   target_params = target.params()
