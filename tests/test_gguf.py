@@ -206,3 +206,27 @@ def test_smollm2_matches_transformers_gguf_loading(smollm2_path, smollm2_gguf):
     got = np.asarray(transformer.forward(model.cfg, model.params(), jnp.asarray([ids])).logits)
     assert np.max(np.abs(got - want) / (1 + np.abs(want))) <= 1e-4
     assert (got.argmax(-1) == want.argmax(-1)).all()
+
+
+def test_smollm2_tokenizer_converts_without_torch(smollm2_gguf, tmp_path):
+  """The tokenizer conversion runs with torch unimportable (ppow_jax never needs it) and
+  encodes, chat template included, exactly as transformers' own GGUF tokenizer loading."""
+  from transformers import AutoTokenizer
+  out = tmp_path / "tok"
+  code = ("import sys; sys.modules['torch'] = None\n"
+          "from ppow_jax.models import gguf_import\n"
+          f"gguf_import.save_tokenizer({smollm2_gguf!r}, {str(out)!r})\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  ours = hf_checkpoint.load_tokenizer(str(out))
+  ref = AutoTokenizer.from_pretrained(os.path.dirname(smollm2_gguf),
+                                      gguf_file=os.path.basename(smollm2_gguf))
+  texts = ["Hello there, how are you?", "def f(x):\n    return x ** 2  # squares",
+           "Ünïcödé — and 12345 numbers, emoji 🙂."]
+  for t in texts:
+    assert ours.encode(t) == ref.encode(t)
+    m = [{"role": "user", "content": t}]
+    assert (ours.apply_chat_template(m, add_generation_prompt=True, tokenize=False)
+            == ref.apply_chat_template(m, add_generation_prompt=True, tokenize=False))
+  assert ours.eos_token == ref.eos_token == "<|im_end|>"

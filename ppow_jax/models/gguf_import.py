@@ -203,13 +203,40 @@ def convert_weights(reader, path: str, cfg: dict, dtype: str = "float32",
   return tensors
 
 
-def save_tokenizer(path: str, out_dir: str):
-  """transformers' GGUF tokenizer conversion, saved as tokenizer.json + tokenizer_config.json."""
-  os.environ.setdefault("HF_HUB_OFFLINE", "1")
-  from transformers import AutoTokenizer
+def tokenizer_metadata(reader, path: str) -> tuple[str, dict, dict]:
+  """(architecture, tokenizer fields, tokenizer_config fields) under transformers' names.
+
+  Read with the gguf package's reader: transformers' own GGUF metadata reader imports torch,
+  which ppow_jax never needs at run time. The key table is transformers' (so the conversion
+  below sees what `AutoTokenizer.from_pretrained(gguf_file=...)` would).
+  """
+  from transformers.integrations.gguf import gguf_tokenizer_mapping as tm
+  values = {k: f.contents() for k, f in reader.fields.items() if f.types}
+  groups = {group: {name: values[f"tokenizer.{key}"] for key, name in renames.items()
+                    if f"tokenizer.{key}" in values}
+            for group, renames in tm.GGUF_TOKENIZER_MAPPING.items()}
+  tokenizer, config = groups["tokenizer"], groups["tokenizer_config"]
+  if "tokens" not in tokenizer:
+    raise GGUFError(f"{path}: no tokenizer.ggml.tokens (the file carries no tokenizer)")
+  if tokenizer.get("tokenizer_type") == "llama":
+    config.setdefault("add_bos_token", True)  # llama.cpp's default for sentencepiece files
+  for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
+                    ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+    token_id = values.get(f"tokenizer.ggml.{key}")
+    config[name] = tokenizer["tokens"][int(token_id)] if token_id is not None else None
+  return str(values["general.architecture"]), tokenizer, config
+
+
+def save_tokenizer(path: str, out_dir: str, reader=None):
+  """The GGUF's tokenizer through transformers' GGUF tokenizer conversion (no torch), saved as
+  tokenizer.json + tokenizer_config.json (with the chat template)."""
+  from transformers import PreTrainedTokenizerFast
+  from transformers.integrations.gguf import gguf_tokenizer_mapping as tm
+  reader = reader if reader is not None else _open(path)
+  arch, tokenizer, config = tokenizer_metadata(reader, path)
   try:
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
-                                        gguf_file=os.path.basename(path), local_files_only=True)
+    backend, extra = tm.convert_gguf_tokenizer(arch, tokenizer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)
   except Exception as e:  # transformers raises assorted errors for unknown tokenizer models.
     raise GGUFError(f"{path}: tokenizer metadata (tokenizer.ggml.*) could not be converted "
                     f"({type(e).__name__}: {e})") from None
@@ -233,7 +260,7 @@ def convert(path: str, out_dir: str, *, dtype: str = "float32", progress: Callab
   tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp{os.getpid()}")
   os.makedirs(tmp, exist_ok=True)
   safetensors_io.save(os.path.join(tmp, "model.safetensors"), tensors, {"format": "pt"})
-  save_tokenizer(path, tmp)
+  save_tokenizer(path, tmp, reader)
   with open(os.path.join(tmp, "config.json"), "w") as f:
     json.dump(cfg, f, indent=2)
   with open(os.path.join(tmp, "generation_config.json"), "w") as f:
