@@ -105,7 +105,7 @@ def main():
       fn = sft.make_train_step(target.cfg, dcfg, opt, steps=7, decay=0.8,
                                compute_dtype={"f32": "float32", "bf16": "bfloat16"}[dtype])
     step = jax.jit(fn, donate_argnums=(0,))
-    params = drafter.params()
+    params = jax.tree.map(jnp.copy, drafter.params())  # each variant donates its own copy
     state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
     bt = dict(batch, features=cached) if feat_mode == "cached" else batch
     t0 = time.perf_counter()

@@ -3,14 +3,17 @@
   python -m ppow_jax.main --config configs/targets/smollm2_135m.py
 
 Stages (cached in WORKDIR = runs/smollm2; rerun the command to resume): fetch and convert the
-model; 3200 training prompts written by the target itself (Magpie), none overlapping Spec-Bench,
-HumanEval or GSM8K (8-word n-grams); its answers at temperature 0.7 (352 new tokens at most);
-token-level EAGLE-3 (16k draft vocabulary from the answers' token counts, lm_head started from
-the target's, bfloat16 compute, 120 CPU minutes); PPOW from it; evaluation on every Spec-Bench
-category (first turns), HumanEval and GSM8K at T = 0 and 1 with a K sweep. Data generation
-takes ~1.5 h on 2 cores, training 1 h, PPOW ~30 min, evaluation ~1 h. Stage settings are
-overridable as in configs/default.py (`--config.sft.train.num_steps=100`). The variant
-`configs/targets/smollm2_135m.py:quick` is the ~20-minute version configs/default.py runs.
+model; 1280 training prompts written by the target itself (Magpie), none overlapping Spec-Bench,
+HumanEval or GSM8K (8-word n-grams); its answers at temperature 0.7 (256 new tokens at most);
+token-level EAGLE-3 (16k draft vocabulary from the answers' token counts, fc preconditioned
+against the target's massive activations, bfloat16 compute, 200 steps of 8 x 384 tokens, 120
+CPU minutes at most); PPOW from it for two seeds, each matched by more token-level training for
+the same CPU time (`control`); evaluation on two prompts per Spec-Bench category (first turns),
+HumanEval and GSM8K at T = 0 and 1, K = 4 and 6. Estimated on 2 cores: data ~45 min, training
+~35 min, PPOW and controls ~40 min, evaluation ~30 min (not yet run end to end; README gives
+what was measured with the quick data). The variant `configs/targets/smollm2_135m.py:quick` is
+the ~25-minute run configs/default.py makes. Stage settings are overridable as in
+configs/default.py (`--config.sft.train.num_steps=100`).
 """
 
 import importlib.util
