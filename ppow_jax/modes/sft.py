@@ -83,8 +83,12 @@ def run(config, workdir: str):
   make_step = lambda optimizer: make_train_step(
       target.cfg, dcfg, optimizer, steps=config.ttt.steps, decay=config.ttt.decay,
       compute_dtype=t.get("compute_dtype", "float32"))
-  fc_scale = (drafter_run.feature_scale(target, dcfg.aux_layers, train, config.data.seq_len)
-              if config.drafter.get("feature_scaling") else None)
+  fc_scale = None
+  if config.drafter.get("feature_scaling"):
+    # One measurement serves the fresh fc's initial column scale and its update scale.
+    fc_scale = drafter_run.feature_scale(target, dcfg.aux_layers, train, config.data.seq_len)
+    if not config.drafter.init_from:
+      drafter.fc[...] = drafter.fc[...] * jnp.asarray(fc_scale, drafter.fc[...].dtype)[:, None]
   state = drafter_run.train(config, workdir, target, drafter, make_step, get_batch, desc="sft",
                             postfix=("loss",), fc_scale=fc_scale)
   return drafter_run.finish(config, workdir, target, drafter, state, heldout, "sft")

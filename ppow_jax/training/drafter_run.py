@@ -222,10 +222,6 @@ def init_drafter(config, target: Target, train_records) -> e3.Eagle3Drafter:
   drafter = e3.Eagle3Drafter(cfg, rngs=nnx.Rngs(config.seed))
   d2t, t2d = build_vocab_maps(selfdistill.token_counts(train_records, v), vd)
   drafter.set_vocab_maps(d2t, t2d)
-  if config.drafter.get("feature_scaling"):
-    scale = feature_scale(target, cfg.aux_layers, train_records, config.data.seq_len)
-    # fc starts with each input dimension's column scaled to its share (see feature_scale).
-    drafter.fc[...] = drafter.fc[...] * jnp.asarray(scale, drafter.fc[...].dtype)[:, None]
   if config.drafter.get("init_head_from_target") and cfg.hidden_size == target.cfg.hidden_size:
     # Start the output side where EAGLE-1 left it for good (it reuses the target's head): the
     # target's final norm and LM head columns of the draft vocabulary, so the drafter only has
