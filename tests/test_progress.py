@@ -48,3 +48,14 @@ def test_terminal_clock_starts_after_the_first_step():
 def test_duration_is_rounded_for_reading():
   assert [duration(s) for s in (3.14159, 45.4, 192, 3725)] == [
       "3.1 s", "45 s", "3 min 12 s", "1 h 02 min"]
+
+
+def test_time_budgeted_loop_shows_the_step_its_budget_ends_at():
+  from ppow_jax.training.loop import _steps_in_budget
+  # 10 of 60 CPU seconds spent at 2 CPU s/step: ~25 steps left, not the nominal 1e6.
+  step = {"step_time": 1.0, "step_cpu_time": 2.0}
+  assert _steps_in_budget(5, 1_000_000, 5.0, 10.0, 0, 60.0, step) == 30
+  # The tighter of wall and CPU budgets decides; the nominal count caps it.
+  assert _steps_in_budget(5, 1_000_000, 5.0, 10.0, 8.0, 60.0, step) == 8
+  assert _steps_in_budget(5, 12, 5.0, 10.0, 0, 60.0, step) == 12
+  assert _steps_in_budget(5, 100, 50.0, 70.0, 0, 60.0, step) == 5  # over budget already

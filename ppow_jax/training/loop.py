@@ -8,6 +8,7 @@ parameters as one never interrupted.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
@@ -88,6 +89,10 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
     if lead and ((step + 1) % log_every == 0 or step + 1 == num_steps):
       writer.write(step + 1, metrics)
     bar.set_postfix(" ".join(f"{k}={float(metrics[k]):.3f}" for k in postfix))
+    if step > start and (max_seconds > 0 or max_cpu_seconds > 0):
+      bar.total = _steps_in_budget(step + 1, num_steps, time.perf_counter() - t_start,
+                                   time.process_time() - cpu_start, max_seconds, max_cpu_seconds,
+                                   metrics)
     bar.update()
     out_of_time = ((max_seconds > 0 and time.perf_counter() - t_start > max_seconds)
                    or (max_cpu_seconds > 0 and time.process_time() - cpu_start > max_cpu_seconds))
@@ -102,3 +107,17 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
   ckpt.close()
   writer.close()
   return state
+
+
+def _steps_in_budget(done: int, num_steps: int, wall: float, cpu: float, max_seconds: float,
+                     max_cpu_seconds: float, metrics: dict) -> int:
+  """The step a time-budgeted run will likely stop at, so its progress bar shows a real ETA.
+
+  Extrapolates from this step's wall and CPU time (the first, compiling step would mislead).
+  """
+  left = []
+  if max_seconds > 0:
+    left.append((max_seconds - wall) / max(metrics["step_time"], 1e-9))
+  if max_cpu_seconds > 0:
+    left.append((max_cpu_seconds - cpu) / max(metrics["step_cpu_time"], 1e-9))
+  return int(min(num_steps, done + max(0, math.ceil(min(left)))))
