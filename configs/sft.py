@@ -46,6 +46,9 @@ def get_config():
       prompts="", num_samples=4096, num_heldout=32, max_prompt_len=128,
       max_new_tokens=127, heldout_temperature=1.0,
       temperature=0.7, gen_batch_size=64, seq_len=128,
+      # True: the loss also covers the target's distributions over prompt tokens (more signal
+      # from the same target forward; the drafter only ever drafts responses).
+      loss_on_prompt=False,
       features="online"))  # or "cached": the target's features computed once (data/features.py)
   c.ttt = ml_collections.ConfigDict(dict(steps=7, decay=0.8))
   c.optim = ml_collections.ConfigDict(dict(

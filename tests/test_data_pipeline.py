@@ -167,3 +167,21 @@ def test_feature_cache_equals_the_target_forward_and_resumes(tmp_path, monkeypat
     n = len(r) - 1
     np.testing.assert_array_equal(np.asarray(cache[i, :n], np.float32),
                                   want[0, :n].astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+def test_loss_on_prompt_extends_the_loss_mask_over_the_prompt():
+  """Records are [prompt_len, *tokens]: the loss covers the response only, or with
+  loss_on_prompt every valid token but the first (whose next-token distribution has no
+  drafter input before it); padding is never in the loss."""
+  recs = [np.asarray([3, 2, 5, 6, 7, 8], np.int32), np.asarray([2, 2, 9, 4], np.int32)]
+  plain = selfdistill.SequenceData(recs, seq_len=8, batch_size=2, seed=0)
+  wide = selfdistill.SequenceData(recs, seq_len=8, batch_size=2, seed=0, loss_on_prompt=True)
+  for step in range(3):
+    a, b = plain.batch(step), wide.batch(step)
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    for row, i in enumerate(plain.rows(step)):
+      plen, n = int(recs[i][0]), len(recs[i]) - 1
+      want = np.arange(8)
+      np.testing.assert_array_equal(a["loss_mask"][row], (want >= plen) & (want < n))
+      np.testing.assert_array_equal(b["loss_mask"][row], (want >= 1) & (want < n))
+      assert not (b["loss_mask"][row] & ~b["valid"][row]).any()

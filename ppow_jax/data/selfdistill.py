@@ -145,6 +145,7 @@ class SequenceData:
   batch_size: int
   seed: int = 0
   pad_id: int = 0
+  loss_on_prompt: bool = False  # also train on the target's distributions over prompt tokens
 
   def __post_init__(self):
     if not len(self.records):
@@ -161,7 +162,8 @@ class SequenceData:
     return idx
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """tokens [B, T]; valid [B, T]; loss_mask [B, T] (1 on response tokens)."""
+    """tokens [B, T]; valid [B, T]; loss_mask [B, T] (1 on response tokens, or on every token
+    after the first with loss_on_prompt)."""
     b = self.batch_size
     idx = self.rows(step)
     tokens = np.full((b, self.seq_len), self.pad_id, np.int32)
@@ -172,5 +174,5 @@ class SequenceData:
       plen, seq = int(rec[0]), rec[1:1 + self.seq_len]
       tokens[row, :len(seq)] = seq
       valid[row, :len(seq)] = True
-      loss_mask[row, plen:len(seq)] = True
+      loss_mask[row, 1 if self.loss_on_prompt else plen:len(seq)] = True
     return {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}

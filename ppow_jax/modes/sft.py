@@ -75,7 +75,8 @@ def run(config, workdir: str):
   drafter = drafter_run.init_drafter(config, target, train)
   dcfg = drafter.cfg
   t = config.train
-  data = SequenceData(train, seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed)
+  data = SequenceData(train, seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed,
+                      loss_on_prompt=config.data.get("loss_on_prompt", False))
   get_batch = data.batch
   if config.data.get("features", "online") == "cached":
     get_batch = drafter_run.with_cached_features(config, target, workdir, train, data, dcfg)
