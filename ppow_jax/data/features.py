@@ -63,7 +63,7 @@ def build(target_cfg, target_params, records, path: str, *, aux_layers, seq_len:
                             return_logits=False)
     return jnp.concatenate([*o.hidden, o.last_hidden], axis=-1).astype(jnp.bfloat16)
 
-  bar = Progress(total=n, initial=done, desc="target features", unit="sequences",
+  bar = Progress(total=n, initial=done, desc="target features", unit="sequence",
                  enabled=progress)
   for start in range(done, n, batch_size):
     rows = list(range(start, min(start + batch_size, n)))
