@@ -47,7 +47,7 @@ def get_config():
       max_new_tokens=127, heldout_temperature=1.0,
       temperature=0.7, gen_batch_size=64, seq_len=128,
       # True: the loss also covers the target's distributions over prompt tokens (more signal
-      # from the same target forward; the drafter only ever drafts responses).
+      # from the same target forward). Token-level training only: PPOW refuses it.
       loss_on_prompt=False,
       features="online"))  # or "cached": the target's features computed once (data/features.py)
   c.ttt = ml_collections.ConfigDict(dict(steps=7, decay=0.8))

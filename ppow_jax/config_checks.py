@@ -273,6 +273,10 @@ def _ppow(f: Fields, in_pipeline: bool = False):
   from ppow_jax.ppow.step import AUX_LOSSES
   from ppow_jax.ppow.windowing import SELECTION_MODES
   _training(f, in_pipeline=in_pipeline, needs_init=f.config.mode == "ppow")
+  d = f.section("data")
+  if d is not None and d.config.get("loss_on_prompt"):
+    d.fail("loss_on_prompt", "PPOW drafts its windows in responses only; the option is for "
+           "token-level training (sft)")
   p = f.section("ppow")
   p.int("window", 1)
   p.int("group_size", 2)  # group-relative advantages need at least two windows per prefix

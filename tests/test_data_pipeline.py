@@ -171,8 +171,8 @@ def test_feature_cache_equals_the_target_forward_and_resumes(tmp_path, monkeypat
 
 def test_loss_on_prompt_extends_the_loss_mask_over_the_prompt():
   """Records are [prompt_len, *tokens]: the loss covers the response only, or with
-  loss_on_prompt every valid token but the first (whose next-token distribution has no
-  drafter input before it); padding is never in the loss."""
+  loss_on_prompt every valid token from slot 1 on (ttt_loss supervises slot j by the target's
+  distribution at slot j+1, so slot 0's is never read); padding is never in the loss."""
   recs = [np.asarray([3, 2, 5, 6, 7, 8], np.int32), np.asarray([2, 2, 9, 4], np.int32)]
   plain = selfdistill.SequenceData(recs, seq_len=8, batch_size=2, seed=0)
   wide = selfdistill.SequenceData(recs, seq_len=8, batch_size=2, seed=0, loss_on_prompt=True)

@@ -48,6 +48,16 @@ def test_bad_control_settings_name_the_field():
     config_checks.check(c)
 
 
+def test_loss_on_prompt_is_token_level_only():
+  """The recipe trains token-level on prompt tokens too, PPOW never: a PPOW stage asked to is
+  refused, naming the field, rather than silently ignoring it."""
+  c = _config("targets/smollm2_135m", "quick")
+  assert c.sft.data.loss_on_prompt and not c.ppow.data.loss_on_prompt
+  c.ppow.data.loss_on_prompt = True
+  with pytest.raises(ConfigValueError, match=r"config\.ppow\.data\.loss_on_prompt=True"):
+    config_checks.check(c)
+
+
 def test_control_budget_is_ppow_training_cpu_time(tmp_path):
   # Logged every 2nd step: the mean logged step cost times the steps trained.
   run_files.write_jsonl(str(tmp_path / "metrics.jsonl"), [

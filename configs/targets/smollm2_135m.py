@@ -80,6 +80,7 @@ def get_config(variant: str = ""):
 
   ppow = _load("ppow")
   ppow.data = sft.data.copy_and_resolve_references()
+  ppow.data.loss_on_prompt = False  # PPOW's windows are drafted in responses only
   ppow.ppow.update(dict(window=4, group_size=4, prefixes_per_seq=2, windowing_start=5,
                         gamma=0.05))
   ppow.optim.update(dict(learning_rate=5e-5, warmup_steps=5))
