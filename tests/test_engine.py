@@ -313,6 +313,29 @@ def test_temperature_scales_logits():
   assert int(tok[0]) == 2
 
 
+def test_draw_follows_the_weights_and_never_picks_a_zero_weight():
+  # 700 entries: three 256-blocks, the last one partly padding; weights spread over 1e4 in scale.
+  rng = np.random.default_rng(0)
+  w = rng.random((2, 700)) ** 4
+  w[0, rng.choice(700, 300, replace=False)] = 0.0
+  w[1, :600] = 0.0  # all of row 1's mass in the last, partly padded block
+  n = 40000
+  draws = np.asarray(jax.jit(jax.vmap(lambda k: sampling.draw(k, jnp.asarray(w, jnp.float32))))(
+      jax.random.split(jax.random.key(1), n)))  # [n, 2]
+  for r in range(2):
+    assert (w[r, draws[:, r]] > 0).all(), f"row {r} drew a zero-weight index"
+    freq = np.bincount(draws[:, r], minlength=700) / n
+    p = w[r] / w[r].sum()
+    # Each frequency within 5 standard errors of its probability.
+    np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / n) + 1e-9)
+  # categorical(): softmax of logits, -1e30 entries never drawn, leading batch dims kept.
+  logits = jnp.asarray([[0.0, np.log(3.0), -1e30, -jnp.inf]] * 3)
+  toks = np.asarray(jax.vmap(lambda k: sampling.categorical(k, logits))(
+      jax.random.split(jax.random.key(2), 20000)))
+  assert toks.shape == (20000, 3) and set(np.unique(toks)) <= {0, 1}
+  assert abs((toks == 1).mean() - 0.75) < 0.01
+
+
 @pytest.mark.parametrize("kw", [dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5),
                                 dict(top_k=-1)])
 def test_sampling_params_reject_bad_values(kw):

@@ -49,9 +49,47 @@ def log_probs(logits: jax.Array, sp: SamplingParams) -> jax.Array:
   return jax.nn.log_softmax(logits, axis=-1)
 
 
+_BLOCK = 256  # vocabulary block of the two-level inverse CDF below
+
+
+def draw(rng: jax.Array, weights: jax.Array) -> jax.Array:
+  """One index per row of non-negative `weights` [..., V] (any scale), with probability
+  weights / sum: inverse-CDF sampling with one uniform per row.
+
+  Gumbel-max (`jax.random.categorical`) draws V random numbers per row: on CPU, at batch 32
+  over SmolLM2's 49k vocabulary, 19 ms a step against 1 ms here (a 92 ms decoding step fell to
+  ~73). The CDF is two-level (block sums, then one block's running sum), which keeps float32
+  rounding to sums of 256 terms; an index of zero weight is never drawn.
+  """
+  *lead, v = weights.shape
+  nb = -(-v // _BLOCK)
+  w = jnp.pad(weights.astype(jnp.float32), [(0, 0)] * len(lead) + [(0, nb * _BLOCK - v)])
+  w = w.reshape(*lead, nb, _BLOCK)
+  block_cdf = jnp.cumsum(jnp.sum(w, -1), -1)  # [..., nb]
+  total = block_cdf[..., -1]
+  # u in [0, total) even when uniform * total rounds up: the block picked has positive weight.
+  u = jnp.minimum(jax.random.uniform(rng, tuple(lead)) * total, jnp.nextafter(total, 0.0))
+  blk = jnp.sum(block_cdf <= u[..., None], -1)
+  before = jnp.where(blk > 0, jnp.take_along_axis(block_cdf, jnp.maximum(blk - 1, 0)[..., None],
+                                                  -1)[..., 0], 0.0)
+  inner = jnp.cumsum(jnp.take_along_axis(w, blk[..., None, None], -2)[..., 0, :], -1)
+  # u - before lies in [0, block sum); clamping below the block's own running total keeps the
+  # pick on an index of positive weight whatever the two sums' rounding.
+  rest = jnp.minimum(u - before, jnp.nextafter(inner[..., -1], 0.0))
+  idx = jnp.minimum(jnp.sum(inner <= rest[..., None], -1), _BLOCK - 1)
+  return (blk * _BLOCK + idx).astype(jnp.int32)
+
+
+def categorical(rng: jax.Array, logits: jax.Array) -> jax.Array:
+  """A draw from softmax(logits) over the last axis (unnormalized log-probabilities; -1e30 and
+  -inf entries are never drawn): `jax.random.categorical`'s distribution, `draw`'s cost."""
+  logits = logits.astype(jnp.float32)
+  return draw(rng, jnp.exp(logits - jnp.max(logits, -1, keepdims=True)))
+
+
 def sample(rng: jax.Array, logits: jax.Array, sp: SamplingParams):
   """Draws tokens [...] and returns (tokens, processed log-probs [..., V])."""
   logp = log_probs(logits, sp)
   if sp.greedy:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32), logp
-  return jax.random.categorical(rng, logp, axis=-1).astype(jnp.int32), logp
+  return categorical(rng, logp), logp

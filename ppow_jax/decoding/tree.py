@@ -252,7 +252,7 @@ def accept(rng: jax.Array, tr: Tree, target_logits: jax.Array, sp: sampling.Samp
   n = _rows(tr.depth, cur)
   # If the residual vanished (a probability-zero event), fall back to the node's p.
   resid = jnp.where(jnp.sum(resid, -1, keepdims=True) > 0, resid, _rows(probs, cur))
-  nxt = jax.random.categorical(r_tok, jnp.log(jnp.maximum(resid, 1e-38)), axis=-1)
+  nxt = sampling.draw(r_tok, resid)
   return path, n, nxt.astype(jnp.int32)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ppow_jax.decoding.sampling import SamplingParams, log_probs
+from ppow_jax.decoding.sampling import SamplingParams, draw, log_probs
 
 
 def _leading_true(ok: jax.Array) -> jax.Array:
@@ -54,7 +54,7 @@ def accept_sampling(rng: jax.Array, draft_tokens: jax.Array, draft_logp: jax.Arr
   resid = jnp.maximum(p_n - q_n, 0.0)
   # If p == q exactly at the rejection point (probability-zero event), fall back to p.
   resid = jnp.where(jnp.sum(resid, -1, keepdims=True) > 0, resid, p_n)
-  nxt = jax.random.categorical(r_token, jnp.log(jnp.maximum(resid, 1e-38)), axis=-1)
+  nxt = draw(r_token, resid)
   return n, nxt.astype(jnp.int32)
 
 

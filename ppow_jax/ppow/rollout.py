@@ -16,6 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from ppow_jax.decoding import sampling
 from ppow_jax.eagle3 import model as e3
 from ppow_jax.models import transformer
 from ppow_jax.models.kv_cache import KVCache
@@ -73,7 +74,7 @@ def draft_windows(dcfg, dparams, embed, d2t, vocab_size: int, dp: DraftPass, seq
     key, forced_tok = xs
     logits = e3.draft_to_target_logits(d2t, logits_d, vocab_size)
     if tokens is None:
-      tok = jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
+      tok = sampling.categorical(key, logits / temperature)
     else:
       tok = forced_tok
     logp = jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tok[:, None], -1)[:, 0]
