@@ -26,7 +26,7 @@ def get_config():
       # (evaluation sets, comma-separated) are dropped. Neither: a base LM samples from BOS.
       exclude="", synthesize=0,
       synthesis=ml_collections.ConfigDict(dict(max_tokens=96, temperature=1.0, top_p=1.0,
-                                               min_chars=12)),
+                                               min_chars=12, openings=())),
       dir="", prompts="", num_samples=1024, num_heldout=32, max_prompt_len=128,
       max_new_tokens=127, heldout_temperature=1.0,
       temperature=1.0, gen_batch_size=64, seq_len=128,

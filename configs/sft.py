@@ -40,8 +40,10 @@ def get_config():
       # prompts the target writes itself (Magpie); prompts overlapping the `exclude` files
       # (evaluation sets, comma-separated) are dropped. Neither: a base LM samples from BOS.
       exclude="", synthesize=0,
+      # openings: task cues that synthesized user turns start with, cycled (see
+      # ppow_jax/data/magpie.py); () samples unconditioned user turns.
       synthesis=ml_collections.ConfigDict(dict(max_tokens=96, temperature=1.0, top_p=1.0,
-                                               min_chars=12)),
+                                               min_chars=12, openings=())),
       dir="",  # "" = WORKDIR/data; share it between runs to generate once
       prompts="", num_samples=4096, num_heldout=32, max_prompt_len=128,
       max_new_tokens=127, heldout_temperature=1.0,

@@ -204,6 +204,10 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
     if syn is not None:
       syn.int("max_tokens", 1)
       syn.int("min_chars", 0)
+      if syn.has("openings") and not (isinstance(syn["openings"], (tuple, list)) and all(
+          isinstance(o, str) for o in syn["openings"])):
+        syn.fail("openings", "must be a tuple of strings (task openings of synthesized "
+                 "prompts; '' = none)")
       _sampling(syn)
     for name in ("num_samples", "max_prompt_len", "max_new_tokens", "gen_batch_size"):
       d.int(name, 1)

@@ -92,6 +92,34 @@ def test_filters_drop_runaway_short_marked_duplicate_and_evaluation_prompts():
           stats_.contaminated, stats_.kept) == (1, 1, 1, 1, 1, 2)
 
 
+def test_openings_start_the_sampled_user_turns_in_turn(smollm2_path, monkeypatch):
+  """Sample j's user turn begins with openings[j % len] (cycled across rounds), the target
+  continues it, and the kept prompt is the opening plus the continuation."""
+  tok = hf_checkpoint.load_tokenizer(smollm2_path)
+  cfg = ModelConfig.from_hf_dir(smollm2_path)
+  eot = cfg.eos_ids[0]
+  prefix = magpie.pre_query_ids(tok)
+  seen_prompts = []
+
+  def fake_generate(target_cfg, params, prompts, settings, **kw):
+    start = len(seen_prompts)
+    seen_prompts.extend(prompts)
+    # Samples 2-5 run away (no end of turn): round 1 keeps 3 of 7, round 2 resumes the cycle.
+    return [tok(f" number {start + j} of the test", add_special_tokens=False)["input_ids"]
+            + ([] if 2 <= start + j <= 5 else [eot]) for j in range(len(prompts))]
+
+  monkeypatch.setattr(continuous, "generate", fake_generate)
+  openings = ("", "Summarize the following", "Translate")
+  settings = magpie.MagpieSettings(num_prompts=5, batch_size=1, openings=openings)
+  texts, st = magpie.synthesize(cfg, None, tok, settings, progress=False)
+  assert st.runaway == 4 and len(seen_prompts) > 7  # two rounds
+  for j, p in enumerate(seen_prompts):
+    head = tok(openings[j % 3], add_special_tokens=False)["input_ids"] if openings[j % 3] else []
+    assert p == prefix + head, f"sample {j}"
+  kept_j = [j for j in range(len(seen_prompts)) if not 2 <= j <= 5][:5]
+  assert texts == [f"{openings[j % 3]} number {j} of the test".strip() for j in kept_j]
+
+
 def test_evaluation_sets_never_enter_the_prompt_dataset(tmp_path):
   """The tfds Prompts dataset drops duplicates and prompts overlapping evaluation files."""
   shared = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir,

@@ -28,6 +28,10 @@ HUMAN_EVAL = os.path.join(SHARED, "human_eval", "HumanEval.jsonl.gz")
 GSM8K = os.path.join(SHARED, "gsm8k", "test.jsonl")
 
 
+OPENINGS = ("", "Write", "Summarize the following", "Translate", "Write a Python function",
+            "Solve", "Explain", "Read the passage below and answer", "Extract", "Imagine you are")
+
+
 def _load(name):
   spec = importlib.util.spec_from_file_location(f"ppow_configs_{name}",
                                                 os.path.join(CONFIGS, f"{name}.py"))
@@ -60,6 +64,9 @@ def get_config(variant: str = ""):
       # 30-step probes on the quick data (held-out greedy tau K=4): the loss over prompt tokens
       # too 1.17 against 1.14 (lr 3e-3); SmolLM2's prompts are chat turns worth imitating.
       loss_on_prompt=True))
+  # Task openings for the synthesized prompts: unconditioned, SmolLM2-135M asks short chat
+  # questions; Spec-Bench also summarizes, translates, extracts and codes.
+  sft.data.synthesis.openings = OPENINGS
   # Measured on the quick data (30 steps): fc preconditioned against SmolLM2's massive
   # activations and a fresh head learn fastest; the target's head as a start made it slower.
   # A 4k draft vocabulary covers 97.8% of the quick answers' tokens (8k: 100%) and drafted

@@ -31,6 +31,10 @@ class MagpieSettings:
   batch_size: int = 32
   seed: int = 0
   max_rounds: int = 8  # sampling rounds of `num_prompts` candidates at most
+  # Task openings: sample j's user turn starts with openings[j % len] and the target writes the
+  # rest (Magpie's pre-query template plus a task cue), steering prompts towards task kinds an
+  # unconditioned small model rarely asks for (summaries, translations, code). () = none.
+  openings: tuple[str, ...] = ()
 
 
 def pre_query_ids(tokenizer) -> list[int]:
@@ -131,6 +135,8 @@ def synthesize(target_cfg, target_params, tokenizer, settings: MagpieSettings, *
   if not eot:
     raise ValueError("prompt synthesis needs the target's end-of-turn id (eos_token_id)")
   markers = [t for t in (getattr(tokenizer, "all_special_tokens", None) or []) if len(t) > 1]
+  openings = [list(tokenizer(o, add_special_tokens=False)["input_ids"])
+              for o in settings.openings]
   stats, seen, kept = FilterStats(), set(), []
   for rnd in range(settings.max_rounds):
     want = settings.num_prompts - len(kept)
@@ -144,13 +150,15 @@ def synthesize(target_cfg, target_params, tokenizer, settings: MagpieSettings, *
         max_new_tokens=settings.max_tokens, batch_size=settings.batch_size,
         seed=settings.seed * 1000 + rnd,
         sp=sampling.SamplingParams(temperature=settings.temperature, top_p=settings.top_p))
-    results = continuous.generate(target_cfg, target_params, [prefix] * n, ds,
+    heads = [openings[(stats.sampled + j) % len(openings)] if openings else []
+             for j in range(n)]
+    results = continuous.generate(target_cfg, target_params, [prefix + h for h in heads], ds,
                                   desc=f"prompt synthesis, round {rnd + 1}", progress=progress)
     samples = []
-    for ids in results:
+    for head, ids in zip(heads, results):
       ended = bool(ids) and ids[-1] in eot
-      samples.append((tokenizer.decode(ids[:-1] if ended else ids, skip_special_tokens=False),
-                      ended))
+      samples.append((tokenizer.decode(head + (ids[:-1] if ended else ids),
+                                       skip_special_tokens=False), ended))
     kept += filter_samples(samples, min_chars=settings.min_chars, seen=seen,
                            decontaminator=decontaminator, markers=markers, stats=stats)
   return kept[:settings.num_prompts], stats
