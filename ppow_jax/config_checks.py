@@ -356,6 +356,12 @@ def _pipeline(f: Fields):
   seeds = f.config.get("ppow_seeds", ())
   if not isinstance(seeds, (tuple, list)) or not all(isinstance(x, int) for x in seeds):
     raise ConfigValueError(f"config.ppow_seeds={seeds!r}: must be a tuple of integer seeds")
+  if "window_choice" in f.config:
+    from ppow_jax.modes import eval as eval_mode
+    w = f.section("window_choice")
+    eval_mode.parse_numbers(f"{w.prefix}.candidates", w.config.get("candidates"), int, 1)
+    w.int("num_prompts", 1)
+    w.int("max_new_tokens", 1)
   if "control" in f.config:
     c = f.section("control")
     c.bool("enabled")

@@ -68,3 +68,58 @@ def test_control_budget_is_ppow_training_cpu_time(tmp_path):
   (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
   with pytest.raises(RuntimeError, match="no step_cpu_time"):
     pipeline._training_cpu_seconds(str(tmp_path))
+
+
+def test_window_is_chosen_on_heldout_prompts_by_measured_speedup(tmp_path, monkeypatch):
+  """K = the candidate where the better drafter is fastest on held-out prompts (ties: shorter),
+  decoded greedily from the held-out file, never the evaluation's benchmarks; cached."""
+  from ppow_jax.modes import eval as eval_mode
+  c = _config("default")
+  eval_cfg = c.eval.copy_and_resolve_references()
+  eval_cfg.data.benchmarks = "/evaluation/prompts.jsonl"
+  eval_cfg.eval.temperatures = "0,1"
+  calls = []
+  speed = {"a": {1: 1.05, 2: 1.10, 3: 0.96}, "b": {1: 1.02, 2: 1.094, 3: 1.12}}
+
+  def fake_run(cfg, workdir):  # eval mode's report.json, reduced to what the choice reads
+    calls.append(cfg)
+    ks = [int(k) for k in cfg.eval.windows.split(",")]
+    data = {"windows": ks, "window_sweep": {"results": {
+        name: {str(k): {"mean": {"speedup": s[k]}} for k in ks} for name, s in speed.items()}}}
+    run_files.write_json(os.path.join(workdir, "report.json"), data)
+    return data
+
+  def fake_heldout(sft_cfg, target_path, path):
+    run_files.write_jsonl(path, [{"prompt": "held out", "category": "heldout"}])
+
+  monkeypatch.setattr(eval_mode, "run", fake_run)
+  monkeypatch.setattr(pipeline, "_heldout_prompt_file", fake_heldout)
+  c.window_choice.candidates = "3,1,2"
+  timings = {}
+  k = pipeline._choose_window(c, eval_cfg, c.sft, "/target", str(tmp_path), str(tmp_path / "w"),
+                              timings)
+  assert k == 3  # drafter b at K=3 (1.12) beats every other cell
+  (cfg,) = calls
+  assert cfg.data.benchmarks == str(tmp_path / "heldout_prompts.jsonl")
+  assert cfg.eval.temperatures == "0" and cfg.eval.windows == "1,2,3"
+  assert cfg.eval.max_new_tokens == c.window_choice.max_new_tokens
+  assert cfg.data.limit_per_category == c.window_choice.num_prompts and "window" in timings
+  # Cached: the same candidates do not decode again.
+  assert pipeline._choose_window(c, eval_cfg, c.sft, "/target", str(tmp_path),
+                                 str(tmp_path / "w"), {}) == 3 and len(calls) == 1
+  # Speedups equal to two decimals: the shorter window.
+  speed["b"][3] = 1.095
+  c.window_choice.candidates = "2,3"
+  assert pipeline._choose_window(c, eval_cfg, c.sft, "/target", str(tmp_path),
+                                 str(tmp_path / "w"), {}) == 2 and len(calls) == 2
+
+
+def test_bad_window_choice_names_the_field():
+  c = _config("default")
+  c.window_choice.candidates = "1,x"
+  with pytest.raises(ValueError, match=r"config\.window_choice\.candidates"):
+    config_checks.check(c)
+  c = _config("default")
+  c.window_choice.num_prompts = 0
+  with pytest.raises(ConfigValueError, match=r"config\.window_choice\.num_prompts=0"):
+    config_checks.check(c)

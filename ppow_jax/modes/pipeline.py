@@ -4,7 +4,8 @@
   2. self-distillation data from that target
   3. the token-level EAGLE-3 drafter (configs/sft.py)
   4. PPOW fine-tuning from it (configs/ppow.py)
-  5. the evaluation report: autoregressive vs token-level vs PPOW (configs/eval.py), printed
+  5. with `window_choice`, the draft length K measured on held-out prompts; then the evaluation
+     report: autoregressive vs token-level vs PPOW (configs/eval.py), printed
 
 Stages live in WORKDIR/{target,data,sft,ppow,eval}; a stage whose result file exists is skipped,
 and an interrupted training stage resumes from its last checkpoint.
@@ -150,6 +151,11 @@ def run(config, workdir: str):
       eval_prompts = os.path.join(data_dir, "eval_prompts.jsonl")
       _heldout_prompt_file(sft_cfg, target_path, eval_prompts)
     eval_cfg.data.benchmarks = eval_prompts
+  choice = config.get("window_choice", None)
+  if choice is not None and eval_mode.parse_numbers(
+      "config.window_choice.candidates", choice.candidates, int, 1):
+    eval_cfg.eval.window = _choose_window(config, eval_cfg, sft_cfg, target_path, data_dir,
+                                          os.path.join(workdir, "window"), timings)
   eval_dir = os.path.join(workdir, "eval")
   report_data = _stage_done(os.path.join(eval_dir, "report.json"))
   if report_data is None:
@@ -163,6 +169,8 @@ def run(config, workdir: str):
     print("[5/5] evaluation: done (cached)")
   from ppow_jax.evaluation import report
   print()
+  print(f"K = {report_data['window']} draft tokens per step" + (
+      " (chosen on held-out prompts)" if choice is not None and choice.candidates else ""))
   print(report.summary_table(report_data))
   print(f"report and plots: {eval_dir}/report.md (PNG plots beside it)")
   timings["total"] = time.perf_counter() - t_start
@@ -173,6 +181,43 @@ def run(config, workdir: str):
   print(f"pipeline finished in {duration(timings['total'])}" + (f" ({stages})" if stages else "")
         + f"; report: {summary['report']}")
   return summary
+
+
+def _choose_window(config, eval_cfg, sft_cfg, target_path: str, data_dir: str, stage_dir: str,
+                   timings: dict) -> int:
+  """The draft length K the evaluation uses: the candidate with the best greedy wall-clock
+  speedup of any drafter on held-out prompts (never the evaluation's own prompts).
+
+  tau grows with K but so does a step's cost (K drafter steps and a K+1-token verification):
+  a weak drafter on a small CPU target pays only at short windows, a strong one at long ones,
+  so K is measured, not assumed. Ties go to the shorter window. Cached in `stage_dir`.
+  """
+  from ppow_jax.modes import eval as eval_mode
+  choice = config.window_choice
+  candidates = sorted(eval_mode.parse_numbers("config.window_choice.candidates",
+                                              choice.candidates, int, 1))
+  data = _stage_done(os.path.join(stage_dir, "report.json"))
+  if data is None or data.get("windows") != candidates:
+    print(f"[5/5] draft length: K in {candidates} on held-out prompts")
+    heldout = os.path.join(data_dir, "heldout_prompts.jsonl")
+    _heldout_prompt_file(sft_cfg, target_path, heldout)
+    cfg = eval_cfg.copy_and_resolve_references()
+    cfg.data.benchmarks, cfg.data.categories = heldout, ""
+    cfg.data.limit_per_category = choice.num_prompts
+    cfg.eval.update(dict(temperatures="0", window=candidates[0],
+                         windows=",".join(map(str, candidates)), tree="", tree_num_nodes="",
+                         max_new_tokens=choice.max_new_tokens, batch_size=1,
+                         print_tables=False))
+    t0 = time.perf_counter()
+    os.makedirs(stage_dir, exist_ok=True)
+    data = eval_mode.run(cfg, stage_dir)
+    timings["window"] = time.perf_counter() - t0
+  speedups = {k: max(r[str(k)]["mean"]["speedup"] for r in data["window_sweep"]["results"].values())
+              for k in candidates}
+  best = max(candidates, key=lambda k: (round(speedups[k], 2), -k))
+  print("  held-out greedy speedup of the better drafter: "
+        + ", ".join(f"K={k} {speedups[k]:.2f}x" for k in candidates) + f" -> K = {best}")
+  return best
 
 
 def _training_cpu_seconds(stage_dir: str) -> float:
