@@ -241,3 +241,25 @@ def test_bad_tree_settings_fail_before_decoding(no_decode, stories_path, tmp_pat
   with pytest.raises(eval_mode.EvalSetupError, match=msg):
     eval_mode.run(_config(stories_path, f"self={stories_path}", str(SPEC_BENCH), **kw),
                   str(tmp_path))
+
+
+def test_baseline_and_drafters_decode_each_category_back_to_back(stories_path, drafters,
+                                                                  tmp_path, monkeypatch):
+  """Interleaved: every job (baseline, drafters, the K sweep) decodes a category before any
+  job starts the next, so the speedup of a drafter never compares two different moments."""
+  calls = []
+  real = runner.decode
+
+  def recording(cfg, params, ids, settings, *, drafter=None, desc="", **kw):
+    calls.append((desc, None if drafter is None else settings.window))
+    return real(cfg, params, ids, settings, drafter=drafter, desc=desc, **kw)
+
+  monkeypatch.setattr(runner, "decode", recording)
+  data = eval_mode.run(_config(stories_path, drafters, str(SPEC_BENCH), windows=f"2,{WINDOW}"),
+                       str(tmp_path))
+  cats = [c for c, _ in calls]
+  # 1 baseline + 2 drafters at K + 2 drafters at the swept K=2: 5 decodes per category, in a block.
+  assert cats == ["writing"] * 5 + ["qa"] * 5
+  assert [k for _, k in calls[:5]] == [None, WINDOW, WINDOW, 2, 2]
+  assert data["window_sweep"]["results"]["self"]["2"]["mean"]["tau"] > 1
+  assert data["results"]["0"]["self"]["identical_to_autoregressive"] == 1

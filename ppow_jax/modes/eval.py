@@ -5,7 +5,8 @@ drafter against the target (vocabulary; EAGLE-3 aux layers and hidden size), the
 Speedup = a drafter's wall-clock tokens/s divided by the autoregressive tokens/s of the same
 engine on the same prompts in the same run (runner.decode keeps compilation out of the timings).
 Each category is decoded by its own runner.decode call, so batches never mix categories and the
-per-category times are exact. "mean" columns average over categories; report.json also holds the
+per-category times are exact; the baseline and every drafter decode a category back to back
+before the next one (interleaved), so a drift in machine speed hits them alike. "mean" columns average over categories; report.json also holds the
 pooled "overall" figures. With `eval.tree` every drafter is decoded twice, as a chain of
 `eval.window` and as that dynamic draft tree (row "NAME tree d,k,n"), and `eval.tree_num_nodes`
 sweeps the tree's num_nodes. Writes WORKDIR/report.md, report.json and PNG plots (see `report`).
@@ -221,23 +222,28 @@ def run(config, workdir: str):
   calls = len(temperatures) * per_t + (len(sweep) + len(tree_sweep)) * len(drafters)
   bar = Progress(calls * len(cats), "eval", unit="decode", enabled=e.progress)
 
-  def decode(name: str, temperature: float, k: int, tree=None) -> dict:
-    drafter, dparams = drafters.get(name, (None, None))
-    settings = runner.DecodeSettings(
-        window=k, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, seed=config.seed,
-        sp=sampling.SamplingParams(temperature=temperature, top_k=e.top_k, top_p=e.top_p),
-        tree=tree)
-    per_cat = {}
+  def decode(jobs: list[tuple]) -> list[dict]:
+    """Per-category stats of each job (name, temperature, k, tree), decoded category by
+    category with every job's decode of a category back to back: a drift in the machine's
+    speed (other tenants, clocks) then hits the baseline and the drafters alike, instead of
+    whichever ran last."""
+    per_job = [{} for _ in jobs]
     for c in cats:
-      bar.set_postfix(f"{name} T={temperature:g} {f'tree {tree}' if tree else f'K={k}'} {c}")
-      results = runner.decode(target.cfg, tparams, cat_ids[c], settings, drafter=drafter,
-                              drafter_params=dparams, desc=c, progress=e.progress)
-      longest = (tree.depth if tree else k) if drafter is not None else 0
-      per_cat[c] = _stats(results, longest)
-      key = (name, temperature, str(tree) if tree else k)
-      outputs[key] = outputs.get(key, []) + [r.output_token_ids for r in results]
-      bar.update()
-    return per_cat
+      for (name, temperature, k, tree), per_cat in zip(jobs, per_job):
+        drafter, dparams = drafters.get(name, (None, None))
+        settings = runner.DecodeSettings(
+            window=k, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+            seed=config.seed, tree=tree,
+            sp=sampling.SamplingParams(temperature=temperature, top_k=e.top_k, top_p=e.top_p))
+        bar.set_postfix(f"{name} T={temperature:g} {f'tree {tree}' if tree else f'K={k}'} {c}")
+        results = runner.decode(target.cfg, tparams, cat_ids[c], settings, drafter=drafter,
+                                drafter_params=dparams, desc=c, progress=e.progress)
+        longest = (tree.depth if tree else k) if drafter is not None else 0
+        per_cat[c] = _stats(results, longest)
+        key = (name, temperature, str(tree) if tree else k)
+        outputs[key] = outputs.get(key, []) + [r.output_token_ids for r in results]
+        bar.update()
+    return per_job
 
   def identical(name: str, temperature: float, k) -> float:
     """Share of prompts whose output equals the autoregressive one (greedy: must be 1)."""
@@ -248,34 +254,46 @@ def run(config, workdir: str):
   results, sweep_results, tree_results = {}, {}, {}
   figures = ("categories", "mean", "overall")
   for t in temperatures:
-    base = decode(AUTOREGRESSIVE, t, 0)
+    # One interleaved pass per temperature: the baseline, every drafter at K (and as a tree),
+    # and at the first temperature the K and num_nodes sweeps.
+    first = t == temperatures[0]
+    jobs = [(AUTOREGRESSIVE, t, 0, None)] + [(name, t, window, None) for name in drafters]
+    if tree:
+      jobs += [(name, t, 0, tree) for name in drafters]
+    if first:
+      jobs += [(name, t, k, None) for name in drafters for k in sweep]
+      jobs += [(name, t, 0, draft_tree.TreeSpec(tree.depth, tree.topk, n))
+               for name in drafters for n in tree_sweep]
+    stats = dict(zip([(j[0], j[2], str(j[3]) if j[3] else None) for j in jobs], decode(jobs)))
+    base = stats[(AUTOREGRESSIVE, 0, None)]
     row = {AUTOREGRESSIVE: {"window": 0, "tree": None, **_with_speedups(base, base)}}
     for name in drafters:
-      row[name] = {"window": window, "tree": None, **_with_speedups(decode(name, t, window), base)}
+      row[name] = {"window": window, "tree": None,
+                   **_with_speedups(stats[(name, window, None)], base)}
       if t == 0:  # Greedy speculative decoding is lossless: every output must be the same.
         row[name]["identical_to_autoregressive"] = identical(name, t, window)
       logging.info("T=%g %s: tau %.3f speedup %.2fx", t, name, row[name]["mean"]["tau"],
                    row[name]["mean"]["speedup"])
       if tree:
         r = row[tree_row(name, tree)] = {"window": 0, "tree": str(tree),
-                                         **_with_speedups(decode(name, t, 0, tree), base)}
+                                         **_with_speedups(stats[(name, 0, str(tree))], base)}
         logging.info("T=%g %s tree %s: tau %.3f speedup %.2fx", t, name, tree, r["mean"]["tau"],
                      r["mean"]["speedup"])
         if t == 0:
           r["identical_to_autoregressive"] = identical(name, t, str(tree))
     results[report.temperature_key(t)] = row
-    if t == temperatures[0] and tree_nodes and drafters:
+    if first and tree_nodes and drafters:
       for name in drafters:
         main = row[tree_row(name, tree)]
         tree_results[name] = {
-            str(n): (_with_speedups(decode(name, t, 0, draft_tree.TreeSpec(
-                tree.depth, tree.topk, n)), base) if n != tree.num_nodes
+            str(n): (_with_speedups(stats[(name, 0, str(draft_tree.TreeSpec(
+                tree.depth, tree.topk, n)))], base) if n != tree.num_nodes
                      else {key: main[key] for key in figures})
             for n in tree_nodes}
-    if t == temperatures[0] and windows and drafters:
+    if first and windows and drafters:
       for name in drafters:
         sweep_results[name] = {
-            str(k): (_with_speedups(decode(name, t, k), base) if k != window
+            str(k): (_with_speedups(stats[(name, k, None)], base) if k != window
                      else {key: row[name][key] for key in figures})
             for k in windows}
   bar.close()
