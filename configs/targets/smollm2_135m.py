@@ -12,7 +12,7 @@ the same CPU time (`control`); evaluation on two prompts per Spec-Bench category
 HumanEval and GSM8K at T = 0 and 1, K = 4 and 6. Estimated on 2 cores: data ~45 min, training
 ~35 min, PPOW and controls ~40 min, evaluation ~30 min (not yet run end to end; README gives
 what was measured with the quick data). The variant `configs/targets/smollm2_135m.py:quick` is
-the run configs/default.py makes (18 min 43 s from a fresh clone on 2 cores). Stage settings
+the run configs/default.py makes (22 min 09 s from a fresh clone on 2 cores, 2026-12-03). Stage settings
 are overridable as in configs/default.py (`--config.sft.train.num_steps=100`).
 """
 
