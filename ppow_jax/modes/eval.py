@@ -9,7 +9,8 @@ per-category times are exact; the baseline and every drafter decode a category b
 before the next one (interleaved), so a drift in machine speed hits them alike. "mean" columns
 average over categories; report.json also holds the pooled "overall" figures. With `eval.tree`
 every drafter is decoded twice, as a chain of `eval.window` and as that dynamic draft tree (row
-"NAME tree d,k,n"), and `eval.tree_num_nodes` sweeps the tree's num_nodes. Writes WORKDIR/report.md, report.json and PNG plots (see `report`).
+"NAME tree d,k,n"), and `eval.tree_num_nodes` sweeps the tree's num_nodes. Writes
+WORKDIR/report.md, report.json and PNG plots (see `report`).
 """
 
 from __future__ import annotations
