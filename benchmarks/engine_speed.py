@@ -37,7 +37,7 @@ from ppow_jax.decoding import engine, sampling  # noqa: E402
 from ppow_jax.decoding.drafter import LMDrafter  # noqa: E402
 from ppow_jax.models.config import ModelConfig  # noqa: E402
 from ppow_jax.models.kv_cache import KVCache  # noqa: E402
-from ppow_jax.models.transformer import Transformer, forward  # noqa: E402
+from ppow_jax.models.transformer import Transformer, forward, is_unstacked  # noqa: E402
 
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
@@ -58,7 +58,9 @@ def step_loop(cfg, params, cache_len, fill, width, inner):
       return x, out.cache
     return jax.lax.fori_loop(0, inner, body, (x, c))
 
-  cache = KVCache.init(cfg, 1, cache_len)
+  # Stacked weights run under lax.scan over one stacked cache; `unstack`ed (decode-layout)
+  # ones over per-layer caches, as the engine decodes.
+  cache = KVCache.init(cfg, 1, cache_len, per_layer=is_unstacked(params))
   prompt = jax.random.randint(jax.random.key(1), (1, fill), 0, cfg.vocab_size)
   cache = jax.jit(lambda p, x, c: forward(cfg, p, x, cache=c).cache)(params, prompt, cache)
   x = jax.random.randint(jax.random.key(2), (1, width), 0, cfg.vocab_size)

@@ -94,10 +94,9 @@ def test_window_is_chosen_on_heldout_prompts_by_measured_speedup(tmp_path, monke
 
   monkeypatch.setattr(eval_mode, "run", fake_run)
   monkeypatch.setattr(pipeline, "_heldout_prompt_file", fake_heldout)
-  c.window_choice.candidates = "3,1,2"
   timings = {}
-  k = pipeline._choose_window(c, eval_cfg, c.sft, "/target", str(tmp_path), str(tmp_path / "w"),
-                              timings)
+  k = pipeline._choose_window(c.window_choice, [1, 2, 3], eval_cfg, c.sft, "/target",
+                              str(tmp_path), str(tmp_path / "w"), timings)
   assert k == 3  # drafter b at K=3 (1.12) beats every other cell
   (cfg,) = calls
   assert cfg.data.benchmarks == str(tmp_path / "heldout_prompts.jsonl")
@@ -105,13 +104,12 @@ def test_window_is_chosen_on_heldout_prompts_by_measured_speedup(tmp_path, monke
   assert cfg.eval.max_new_tokens == c.window_choice.max_new_tokens
   assert cfg.data.limit_per_category == c.window_choice.num_prompts and "window" in timings
   # Cached: the same candidates do not decode again.
-  assert pipeline._choose_window(c, eval_cfg, c.sft, "/target", str(tmp_path),
-                                 str(tmp_path / "w"), {}) == 3 and len(calls) == 1
+  assert pipeline._choose_window(c.window_choice, [1, 2, 3], eval_cfg, c.sft, "/target",
+                                 str(tmp_path), str(tmp_path / "w"), {}) == 3 and len(calls) == 1
   # Speedups equal to two decimals: the shorter window.
   speed["b"][3] = 1.095
-  c.window_choice.candidates = "2,3"
-  assert pipeline._choose_window(c, eval_cfg, c.sft, "/target", str(tmp_path),
-                                 str(tmp_path / "w"), {}) == 2 and len(calls) == 2
+  assert pipeline._choose_window(c.window_choice, [2, 3], eval_cfg, c.sft, "/target",
+                                 str(tmp_path), str(tmp_path / "w"), {}) == 2 and len(calls) == 2
 
 
 def test_bad_window_choice_names_the_field():

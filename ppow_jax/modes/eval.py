@@ -223,14 +223,18 @@ def run(config, workdir: str):
   calls = len(temperatures) * per_t + (len(sweep) + len(tree_sweep)) * len(drafters)
   bar = Progress(calls * len(cats), "eval", unit="decode", enabled=e.progress)
 
-  def decode(jobs: list[tuple]) -> list[dict]:
-    """Per-category stats of each job (name, temperature, k, tree), decoded category by
-    category with every job's decode of a category back to back: a drift in the machine's
+  def key(name: str, temperature: float, k: int, tree=None) -> tuple:
+    """A decode's key in `outputs` and in `decode`'s result: a chain's K or a tree's spec."""
+    return (name, temperature, str(tree) if tree else k)
+
+  def decode(jobs: list[tuple]) -> dict:
+    """{key: per-category stats} of each job (name, temperature, k, tree), decoded category
+    by category with every job's decode of a category back to back: a drift in the machine's
     speed (other tenants, clocks) then hits the baseline and the drafters alike, instead of
     whichever ran last."""
-    per_job = [{} for _ in jobs]
+    per_job = {key(*j): {} for j in jobs}
     for c in cats:
-      for (name, temperature, k, tree), per_cat in zip(jobs, per_job):
+      for name, temperature, k, tree in jobs:
         drafter, dparams = drafters.get(name, (None, None))
         settings = runner.DecodeSettings(
             window=k, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
@@ -240,15 +244,15 @@ def run(config, workdir: str):
         results = runner.decode(target.cfg, tparams, cat_ids[c], settings, drafter=drafter,
                                 drafter_params=dparams, desc=c, progress=e.progress)
         longest = (tree.depth if tree else k) if drafter is not None else 0
-        per_cat[c] = _stats(results, longest)
-        key = (name, temperature, str(tree) if tree else k)
-        outputs[key] = outputs.get(key, []) + [r.output_token_ids for r in results]
+        kk = key(name, temperature, k, tree)
+        per_job[kk][c] = _stats(results, longest)
+        outputs[kk] = outputs.get(kk, []) + [r.output_token_ids for r in results]
         bar.update()
     return per_job
 
   def identical(name: str, temperature: float, k) -> float:
     """Share of prompts whose output equals the autoregressive one (greedy: must be 1)."""
-    ours, base = outputs[(name, temperature, k)], outputs[(AUTOREGRESSIVE, temperature, 0)]
+    ours, base = outputs[(name, temperature, k)], outputs[key(AUTOREGRESSIVE, temperature, 0)]
     return sum(a == b for a, b in zip(ours, base)) / len(base)
 
   outputs: dict = {}
@@ -265,19 +269,19 @@ def run(config, workdir: str):
       jobs += [(name, t, k, None) for name in drafters for k in sweep]
       jobs += [(name, t, 0, draft_tree.TreeSpec(tree.depth, tree.topk, n))
                for name in drafters for n in tree_sweep]
-    stats = dict(zip([(j[0], j[2], str(j[3]) if j[3] else None) for j in jobs], decode(jobs)))
-    base = stats[(AUTOREGRESSIVE, 0, None)]
+    stats = decode(jobs)
+    base = stats[key(AUTOREGRESSIVE, t, 0)]
     row = {AUTOREGRESSIVE: {"window": 0, "tree": None, **_with_speedups(base, base)}}
     for name in drafters:
       row[name] = {"window": window, "tree": None,
-                   **_with_speedups(stats[(name, window, None)], base)}
+                   **_with_speedups(stats[key(name, t, window)], base)}
       if t == 0:  # Greedy speculative decoding is lossless: every output must be the same.
         row[name]["identical_to_autoregressive"] = identical(name, t, window)
       logging.info("T=%g %s: tau %.3f speedup %.2fx", t, name, row[name]["mean"]["tau"],
                    row[name]["mean"]["speedup"])
       if tree:
         r = row[tree_row(name, tree)] = {"window": 0, "tree": str(tree),
-                                         **_with_speedups(stats[(name, 0, str(tree))], base)}
+                                         **_with_speedups(stats[key(name, t, 0, tree)], base)}
         logging.info("T=%g %s tree %s: tau %.3f speedup %.2fx", t, name, tree, r["mean"]["tau"],
                      r["mean"]["speedup"])
         if t == 0:
@@ -287,14 +291,14 @@ def run(config, workdir: str):
       for name in drafters:
         main = row[tree_row(name, tree)]
         tree_results[name] = {
-            str(n): (_with_speedups(stats[(name, 0, str(draft_tree.TreeSpec(
-                tree.depth, tree.topk, n)))], base) if n != tree.num_nodes
+            str(n): (_with_speedups(stats[key(name, t, 0, draft_tree.TreeSpec(
+                tree.depth, tree.topk, n))], base) if n != tree.num_nodes
                      else {key: main[key] for key in figures})
             for n in tree_nodes}
     if first and windows and drafters:
       for name in drafters:
         sweep_results[name] = {
-            str(k): (_with_speedups(stats[(name, k, None)], base) if k != window
+            str(k): (_with_speedups(stats[key(name, t, k)], base) if k != window
                      else {key: row[name][key] for key in figures})
             for k in windows}
   bar.close()

@@ -152,10 +152,11 @@ def run(config, workdir: str):
       _heldout_prompt_file(sft_cfg, target_path, eval_prompts)
     eval_cfg.data.benchmarks = eval_prompts
   choice = config.get("window_choice", None)
-  if choice is not None and eval_mode.parse_numbers(
-      "config.window_choice.candidates", choice.candidates, int, 1):
-    eval_cfg.eval.window = _choose_window(config, eval_cfg, sft_cfg, target_path, data_dir,
-                                          os.path.join(workdir, "window"), timings)
+  candidates = sorted(eval_mode.parse_numbers("config.window_choice.candidates",
+                                              choice.candidates, int, 1)) if choice else []
+  if candidates:
+    eval_cfg.eval.window = _choose_window(choice, candidates, eval_cfg, sft_cfg, target_path,
+                                          data_dir, os.path.join(workdir, "window"), timings)
   eval_dir = os.path.join(workdir, "eval")
   report_data = _stage_done(os.path.join(eval_dir, "report.json"))
   if report_data is None:
@@ -170,7 +171,7 @@ def run(config, workdir: str):
   from ppow_jax.evaluation import report
   print()
   print(f"K = {report_data['window']} draft tokens per step" + (
-      " (chosen on held-out prompts)" if choice is not None and choice.candidates else ""))
+      " (chosen on held-out prompts)" if candidates else ""))
   print(report.summary_table(report_data))
   print(f"report and plots: {eval_dir}/report.md (PNG plots beside it)")
   timings["total"] = time.perf_counter() - t_start
@@ -183,19 +184,17 @@ def run(config, workdir: str):
   return summary
 
 
-def _choose_window(config, eval_cfg, sft_cfg, target_path: str, data_dir: str, stage_dir: str,
-                   timings: dict) -> int:
-  """The draft length K the evaluation uses: the candidate with the best greedy wall-clock
-  speedup of any drafter on held-out prompts (never the evaluation's own prompts).
+def _choose_window(choice, candidates: list[int], eval_cfg, sft_cfg, target_path: str,
+                   data_dir: str, stage_dir: str, timings: dict) -> int:
+  """The draft length K the evaluation uses: the one of `candidates` (sorted) with the best
+  greedy wall-clock speedup of any drafter on held-out prompts (never the evaluation's own
+  prompts; `choice` = config.window_choice gives their number and length).
 
   tau grows with K but so does a step's cost (K drafter steps and a K+1-token verification):
   a weak drafter on a small CPU target pays only at short windows, a strong one at long ones,
   so K is measured, not assumed. Ties go to the shorter window. Cached in `stage_dir`.
   """
   from ppow_jax.modes import eval as eval_mode
-  choice = config.window_choice
-  candidates = sorted(eval_mode.parse_numbers("config.window_choice.candidates",
-                                              choice.candidates, int, 1))
   data = _stage_done(os.path.join(stage_dir, "report.json"))
   if data is None or data.get("windows") != candidates:
     print(f"[5/5] draft length: K in {candidates} on held-out prompts")
