@@ -316,7 +316,12 @@ def _eval(f: Fields, in_pipeline: bool = False):
   e = f.section("eval")
   eval_mode.parse_numbers(f"{e.prefix}.temperatures", e.config.get("temperatures"), float, 0.0)
   eval_mode.parse_numbers(f"{e.prefix}.windows", e.config.get("windows"), int, 1)
-  e.int("window", 1)
+  e.int("window", 1, also=(0,))  # 0: every drafter decodes as eval.tree only
+  tree, _ = eval_mode.parse_trees(f"{e.prefix}.tree", e.config.get("tree", ""),
+                                  f"{e.prefix}.tree_num_nodes", e.config.get("tree_num_nodes", ""))
+  if e.config.get("window") == 0 and tree is None:
+    e.fail("window", "is 0 (every drafter decodes as a tree) but eval.tree is empty: give "
+           "'depth,topk,num_nodes' or a window >= 1")
   e.int("max_new_tokens", 1)
   e.int("batch_size", 1)
   e.bool("progress")
@@ -360,6 +365,8 @@ def _pipeline(f: Fields):
     from ppow_jax.modes import eval as eval_mode
     w = f.section("window_choice")
     eval_mode.parse_numbers(f"{w.prefix}.candidates", w.config.get("candidates"), int, 1)
+    eval_mode.parse_trees(f"{w.prefix}.tree", w.config.get("tree", ""),
+                          f"{w.prefix}.tree_num_nodes", w.config.get("tree_num_nodes", ""))
     w.int("num_prompts", 1)
     w.int("max_new_tokens", 1)
   if "control" in f.config:

@@ -230,6 +230,35 @@ def test_tree_rows_and_num_nodes_sweep(stories_path, tmp_path):
   assert (tmp_path / "tau_vs_num_nodes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_window_zero_decodes_every_drafter_as_the_tree_only(stories_path, tmp_path, monkeypatch):
+  """eval.window = 0: the drafters' rows are the tree itself (no chain decode), named as the
+  drafters, with the same figures a tree row of the two-way evaluation has; greedy lossless."""
+  if not SPEC_BENCH.exists():
+    pytest.skip(f"{SPEC_BENCH} not present")
+  trees = []
+  real = runner.decode
+
+  def recording(cfg, params, ids, settings, *, drafter=None, **kw):
+    trees.append(None if drafter is None else str(settings.tree))
+    return real(cfg, params, ids, settings, drafter=drafter, **kw)
+
+  monkeypatch.setattr(runner, "decode", recording)
+  data = eval_mode.run(_config(stories_path, f"self={stories_path}", str(SPEC_BENCH), window=0,
+                               windows="", tree="2,2,5", tree_num_nodes="3,5"), str(tmp_path))
+  assert trees == [None, "2,2,5", "2,2,3"] * 2  # per category: baseline, the tree, the sweep
+  row = data["results"]["0"]
+  assert list(row) == ["autoregressive", "self"]
+  assert (row["self"]["window"], row["self"]["tree"]) == (0, "2,2,5")
+  assert row["self"]["identical_to_autoregressive"] == 1 and 1.5 < row["self"]["mean"]["tau"] <= 3
+  assert data["tree_sweep"]["results"]["self"]["5"]["mean"] == row["self"]["mean"]
+  md = (tmp_path / "report.md").read_text()
+  assert "drafting tree 2,2,5" in md and "every drafter drafts a dynamic tree" in md
+  assert "| drafter | N=3 | N=5 |" in md.split("## Tree num_nodes sweep")[1]
+  with pytest.raises(eval_mode.EvalSetupError, match=r"config.eval.window=0 .* needs config.eval.tree"):
+    eval_mode.run(_config(stories_path, f"self={stories_path}", str(SPEC_BENCH), window=0),
+                  str(tmp_path))
+
+
 @pytest.mark.parametrize("kw,msg", [
     (dict(tree="4,4,70"), r"config.eval.tree: num_nodes=70 exceeds 1 \+ topk \+ "
                           r"\(depth-1\)\*topk\^2 = 53"),

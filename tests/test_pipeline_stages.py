@@ -70,9 +70,11 @@ def test_control_budget_is_ppow_training_cpu_time(tmp_path):
     pipeline._training_cpu_seconds(str(tmp_path))
 
 
-def test_window_is_chosen_on_heldout_prompts_by_measured_speedup(tmp_path, monkeypatch):
-  """K = the candidate where the better drafter is fastest on held-out prompts (ties: shorter),
-  decoded greedily from the held-out file, never the evaluation's benchmarks; cached."""
+def test_drafting_is_chosen_on_heldout_prompts_by_measured_speedup(tmp_path, monkeypatch):
+  """The chain K or tree where the better drafter is fastest on held-out prompts (ties: the
+  cheaper step), decoded greedily from the held-out file, never the evaluation's benchmarks;
+  cached per candidate set."""
+  from ppow_jax.decoding import tree as draft_tree
   from ppow_jax.modes import eval as eval_mode
   c = _config("default")
   eval_cfg = c.eval.copy_and_resolve_references()
@@ -80,12 +82,19 @@ def test_window_is_chosen_on_heldout_prompts_by_measured_speedup(tmp_path, monke
   eval_cfg.eval.temperatures = "0,1"
   calls = []
   speed = {"a": {1: 1.05, 2: 1.10, 3: 0.96}, "b": {1: 1.02, 2: 1.094, 3: 1.12}}
+  tree_speed = {"a": {3: 1.00, 4: 1.15}, "b": {3: 1.08, 4: 1.11}}
 
   def fake_run(cfg, workdir):  # eval mode's report.json, reduced to what the choice reads
     calls.append(cfg)
-    ks = [int(k) for k in cfg.eval.windows.split(",")]
-    data = {"windows": ks, "window_sweep": {"results": {
-        name: {str(k): {"mean": {"speedup": s[k]}} for k in ks} for name, s in speed.items()}}}
+    ks = [int(k) for k in cfg.eval.windows.split(",") if k]
+    ns = [int(n) for n in cfg.eval.tree_num_nodes.split(",") if n]
+    data = {"windows": ks, "tree": cfg.eval.tree or None, "tree_num_nodes": ns,
+            "window_sweep": {"results": {
+                name: {str(k): {"mean": {"speedup": s[k]}} for k in ks}
+                for name, s in speed.items()}} if ks else None,
+            "tree_sweep": {"results": {
+                name: {str(n): {"mean": {"speedup": s[n]}} for n in ns}
+                for name, s in tree_speed.items()}} if ns else None}
     run_files.write_json(os.path.join(workdir, "report.json"), data)
     return data
 
@@ -95,21 +104,43 @@ def test_window_is_chosen_on_heldout_prompts_by_measured_speedup(tmp_path, monke
   monkeypatch.setattr(eval_mode, "run", fake_run)
   monkeypatch.setattr(pipeline, "_heldout_prompt_file", fake_heldout)
   timings = {}
-  k = pipeline._choose_window(c.window_choice, [1, 2, 3], eval_cfg, c.sft, "/target",
-                              str(tmp_path), str(tmp_path / "w"), timings)
-  assert k == 3  # drafter b at K=3 (1.12) beats every other cell
+
+  def choose(chains, tree=None, nodes=()):
+    return pipeline._choose_drafting(c.window_choice, chains, tree, list(nodes), eval_cfg, c.sft,
+                                     "/target", str(tmp_path), str(tmp_path / "w"), timings)
+
+  assert choose([1, 2, 3]) == pipeline.Drafting(3)  # drafter b at K=3 (1.12) beats every cell
   (cfg,) = calls
   assert cfg.data.benchmarks == str(tmp_path / "heldout_prompts.jsonl")
-  assert cfg.eval.temperatures == "0" and cfg.eval.windows == "1,2,3"
+  assert cfg.eval.temperatures == "0" and cfg.eval.windows == "1,2,3" and cfg.eval.tree == ""
   assert cfg.eval.max_new_tokens == c.window_choice.max_new_tokens
   assert cfg.data.limit_per_category == c.window_choice.num_prompts and "window" in timings
   # Cached: the same candidates do not decode again.
-  assert pipeline._choose_window(c.window_choice, [1, 2, 3], eval_cfg, c.sft, "/target",
-                                 str(tmp_path), str(tmp_path / "w"), {}) == 3 and len(calls) == 1
+  assert choose([1, 2, 3]) == pipeline.Drafting(3) and len(calls) == 1
   # Speedups equal to two decimals: the shorter window.
   speed["b"][3] = 1.095
-  assert pipeline._choose_window(c.window_choice, [2, 3], eval_cfg, c.sft, "/target",
-                                 str(tmp_path), str(tmp_path / "w"), {}) == 2 and len(calls) == 2
+  assert choose([2, 3]) == pipeline.Drafting(2) and len(calls) == 2
+  # A tree beside the chains: one decode with the tree and its num_nodes sweep; tree 1,4,4 of
+  # drafter a (1.15) beats every chain.
+  tree = draft_tree.TreeSpec(1, 4, 4)
+  assert choose([1, 2], tree, [3, 4]) == pipeline.Drafting(0, "1,4,4") and len(calls) == 3
+  assert calls[-1].eval.tree == "1,4,4" and calls[-1].eval.tree_num_nodes == "3,4"
+  # Equal to two decimals: the step verifying fewer tokens (K=2 verifies 3, the tree 4) wins.
+  tree_speed["a"][4], tree_speed["b"][4] = 1.104, 1.0
+  os.remove(tmp_path / "w" / "report.json")  # else the cached measurement stands
+  assert choose([1, 2], tree, [3, 4]) == pipeline.Drafting(2)
+  # Only a tree: the evaluation of the choice decodes the tree alone (window 0).
+  assert choose([], tree, [3, 4]) == pipeline.Drafting(0, "1,4,4")
+  assert calls[-1].eval.window == 0 and calls[-1].eval.windows == ""
+
+
+def test_drafting_candidates_of_the_recipe():
+  c = _config("default")
+  chains, tree, nodes = pipeline._drafting_candidates(c.window_choice)
+  assert chains == [1] and str(tree) == "1,4,4" and nodes == [3, 4]
+  c.window_choice.tree = ""
+  c.window_choice.tree_num_nodes = ""
+  assert pipeline._drafting_candidates(c.window_choice) == ([1], None, [])
 
 
 def test_bad_window_choice_names_the_field():
@@ -120,4 +151,16 @@ def test_bad_window_choice_names_the_field():
   c = _config("default")
   c.window_choice.num_prompts = 0
   with pytest.raises(ConfigValueError, match=r"config\.window_choice\.num_prompts=0"):
+    config_checks.check(c)
+  c = _config("default")
+  c.window_choice.tree = "1,4,9"  # a depth-1 tree of top 4 has 5 candidate nodes
+  with pytest.raises(ValueError, match=r"config\.window_choice\.tree"):
+    config_checks.check(c)
+  c = _config("default")
+  c.window_choice.tree = ""
+  with pytest.raises(ValueError, match=r"config\.window_choice\.tree_num_nodes.*needs"):
+    config_checks.check(c)
+  c = _config("default")
+  c.eval.eval.window = 0  # tree-only drafting without a tree
+  with pytest.raises(ConfigValueError, match=r"config\.eval\.eval\.window=0: .*eval\.tree is empty"):
     config_checks.check(c)

@@ -24,6 +24,13 @@ def temperature_key(t: float) -> str:
   return f"{float(t):g}"
 
 
+def drafting(data: dict) -> str:
+  """How the main rows' drafters draft: "K=4" (a chain) or "tree 1,4,5" (eval.window = 0)."""
+  if data.get("window") == 0 and data.get("tree"):
+    return f"tree {data['tree']}"
+  return f"K={data['window']}"
+
+
 def cell(st: dict) -> str:
   return f"{st['tau']:.2f} / {st['speedup']:.2f}×"
 
@@ -82,11 +89,13 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
       f"- benchmarks: {', '.join(f'`{b}`' for b in data['benchmarks'])}",
       f"- prompts: {sum(n.values())} ({', '.join(f'{c}: {n[c]}' for c in cats)})",
       f"- max_new_tokens {data['max_new_tokens']}, batch size {data['batch_size']}, "
-      f"window K={data['window']}, seed {data['seed']}, top_k {data['top_k']}, "
+      f"drafting {drafting(data)}, seed {data['seed']}, top_k {data['top_k']}, "
       f"top_p {data['top_p']}",
       "- drafters: " + ", ".join(f"{k} (`{v}`)" if v else k for k, v in data["drafters"].items()),
-      *([f"- tree `{data['tree']}` (depth, topk, num_nodes): rows \"NAME tree {data['tree']}\" "
-         "draft a dynamic tree (EAGLE-2 expansion and rerank) instead of a chain of K"]
+      *([f"- tree `{data['tree']}` (depth, topk, num_nodes): "
+         + ("every drafter drafts" if data["window"] == 0 else
+            f"rows \"NAME tree {data['tree']}\" draft")
+         + " a dynamic tree (EAGLE-2 expansion and rerank) instead of a chain of K"]
         if data.get("tree") else []),
       "",
       "Cells: tau / speedup. tau = mean tokens per target verification step (accepted + 1); "
@@ -116,8 +125,11 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
     lines += [f"## Tree num_nodes sweep (temperature {tkey}, depth {tsweep['depth']}, topk "
               f"{tsweep['topk']}, category mean)", "",
               "num_nodes = tokens the target verifies per step, the root included.", ""]
-    lines += _table(["drafter", f"chain K={data['window']}", *(f"N={n}" for n in ns)],
-                    [[name, cell(chain[name]["mean"]), *(cell(r[str(n)]["mean"]) for n in ns)]
+    with_chain = data["window"] > 0  # else the drafters' main rows are the tree itself
+    lines += _table(["drafter", *([f"chain K={data['window']}"] if with_chain else []),
+                     *(f"N={n}" for n in ns)],
+                    [[name, *([cell(chain[name]["mean"])] if with_chain else []),
+                      *(cell(r[str(n)]["mean"]) for n in ns)]
                      for name, r in tsweep["results"].items()])
     lines.append("")
   if plots:
@@ -151,7 +163,7 @@ def plot_tau(data: dict, tkey: str, path: str):
   ax.set_ylim(0, top * 1.3)  # headroom for the legend
   ax.set_xticks(x, groups, rotation=30, ha="right")
   ax.set_ylabel("tau (tokens per target step)")
-  ax.set_title(f"tau per category, temperature {tkey}, K={data['window']}")
+  ax.set_title(f"tau per category, temperature {tkey}, {drafting(data)}")
   ax.legend(fontsize="small", ncol=min(len(names) + 1, 4), loc="upper center")
   fig.tight_layout()
   fig.savefig(path)
@@ -173,7 +185,7 @@ def plot_accept_lengths(data: dict, tkey: str, path: str):
   ax.set_xticks(x, [str(k) for k in lengths])
   ax.set_xlabel("tokens per target step (accepted + 1)")
   ax.set_ylabel("fraction of steps")
-  ax.set_title(f"accepted lengths, temperature {tkey}, K={data['window']}")
+  ax.set_title(f"accepted lengths, temperature {tkey}, {drafting(data)}")
   ax.set_ylim(0, 1.15)
   ax.legend(fontsize="small", ncol=min(len(names), 4), loc="upper center")
   fig.tight_layout()
@@ -209,8 +221,9 @@ def plot_tree_sweep(data: dict, path: str):
       color = f"C{j}"
       ax.plot(ns, [r[str(n)]["mean"][key] for n in ns], marker="o", color=color,
               label=f"{name}, tree")
-      ax.axhline(data["results"][tkey][name]["mean"][key], color=color, ls="--", lw=1,
-                 label=f"{name}, chain K={data['window']}")
+      if data["window"] > 0:
+        ax.axhline(data["results"][tkey][name]["mean"][key], color=color, ls="--", lw=1,
+                   label=f"{name}, chain K={data['window']}")
     ax.set_xticks(ns)
     ax.set_xlabel("num_nodes (tokens verified per step)")
     ax.set_ylabel("tau (tokens per target step)" if key == "tau" else "speedup (× autoregressive)")

@@ -9,7 +9,8 @@ per-category times are exact; the baseline and every drafter decode a category b
 before the next one (interleaved), so a drift in machine speed hits them alike. "mean" columns
 average over categories; report.json also holds the pooled "overall" figures. With `eval.tree`
 every drafter is decoded twice, as a chain of `eval.window` and as that dynamic draft tree (row
-"NAME tree d,k,n"), and `eval.tree_num_nodes` sweeps the tree's num_nodes. Writes
+"NAME tree d,k,n"), or, with `eval.window` = 0, as the tree only (rows named as the drafters);
+`eval.tree_num_nodes` sweeps the tree's num_nodes. Writes
 WORKDIR/report.md, report.json and PNG plots (see `report`).
 """
 
@@ -184,11 +185,15 @@ def run(config, workdir: str):
   temperatures = parse_numbers("config.eval.temperatures", config.eval.temperatures, float, 0.0)
   if not temperatures:
     raise EvalSetupError("config.eval.temperatures is empty")
-  window = parse_numbers("config.eval.window", config.eval.window, int, 1)[0]
+  window = parse_numbers("config.eval.window", config.eval.window, int, 0)[0]
   windows = sorted(parse_numbers("config.eval.windows", config.eval.windows, int, 1))
   tree, tree_nodes = parse_trees("config.eval.tree", config.eval.get("tree", ""),
                                  "config.eval.tree_num_nodes",
                                  config.eval.get("tree_num_nodes", ""))
+  tree_only = window == 0  # the drafters decode as eval.tree only, in rows named as they are
+  if tree_only and tree is None:
+    raise EvalSetupError("config.eval.window=0 (drafters decode as a tree only) needs "
+                         "config.eval.tree ('depth,topk,num_nodes')")
   specs = parse_drafters(config.drafters)
   categories = _split(config.data.categories)
   limit = config.data.limit_per_category or None
@@ -219,7 +224,7 @@ def run(config, workdir: str):
                window, windows, tree, tree_nodes)
 
   # --- Decoding. ---
-  per_t = 1 + len(drafters) * (2 if tree else 1)
+  per_t = 1 + len(drafters) * (2 if tree and not tree_only else 1)
   calls = len(temperatures) * per_t + (len(sweep) + len(tree_sweep)) * len(drafters)
   bar = Progress(calls * len(cats), "eval", unit="decode", enabled=e.progress)
 
@@ -262,7 +267,9 @@ def run(config, workdir: str):
     # One interleaved pass per temperature: the baseline, every drafter at K (and as a tree),
     # and at the first temperature the K and num_nodes sweeps.
     first = t == temperatures[0]
-    jobs = [(AUTOREGRESSIVE, t, 0, None)] + [(name, t, window, None) for name in drafters]
+    jobs = [(AUTOREGRESSIVE, t, 0, None)]
+    if not tree_only:
+      jobs += [(name, t, window, None) for name in drafters]
     if tree:
       jobs += [(name, t, 0, tree) for name in drafters]
     if first:
@@ -273,13 +280,18 @@ def run(config, workdir: str):
     base = stats[key(AUTOREGRESSIVE, t, 0)]
     row = {AUTOREGRESSIVE: {"window": 0, "tree": None, **_with_speedups(base, base)}}
     for name in drafters:
-      row[name] = {"window": window, "tree": None,
-                   **_with_speedups(stats[key(name, t, window)], base)}
+      if tree_only:
+        row[name] = {"window": 0, "tree": str(tree),
+                     **_with_speedups(stats[key(name, t, 0, tree)], base)}
+      else:
+        row[name] = {"window": window, "tree": None,
+                     **_with_speedups(stats[key(name, t, window)], base)}
       if t == 0:  # Greedy speculative decoding is lossless: every output must be the same.
-        row[name]["identical_to_autoregressive"] = identical(name, t, window)
+        row[name]["identical_to_autoregressive"] = identical(
+            name, t, str(tree) if tree_only else window)
       logging.info("T=%g %s: tau %.3f speedup %.2fx", t, name, row[name]["mean"]["tau"],
                    row[name]["mean"]["speedup"])
-      if tree:
+      if tree and not tree_only:
         r = row[tree_row(name, tree)] = {"window": 0, "tree": str(tree),
                                          **_with_speedups(stats[key(name, t, 0, tree)], base)}
         logging.info("T=%g %s tree %s: tau %.3f speedup %.2fx", t, name, tree, r["mean"]["tau"],
@@ -289,7 +301,7 @@ def run(config, workdir: str):
     results[report.temperature_key(t)] = row
     if first and tree_nodes and drafters:
       for name in drafters:
-        main = row[tree_row(name, tree)]
+        main = row[name if tree_only else tree_row(name, tree)]
         tree_results[name] = {
             str(n): (_with_speedups(stats[key(name, t, 0, draft_tree.TreeSpec(
                 tree.depth, tree.topk, n))], base) if n != tree.num_nodes

@@ -4,8 +4,8 @@
   2. self-distillation data from that target
   3. the token-level EAGLE-3 drafter (configs/sft.py)
   4. PPOW fine-tuning from it (configs/ppow.py)
-  5. with `window_choice`, the draft length K measured on held-out prompts; then the evaluation
-     report: autoregressive vs token-level vs PPOW (configs/eval.py), printed
+  5. with `window_choice`, the draft length K (or a draft tree) measured on held-out prompts;
+     then the evaluation report: autoregressive vs token-level vs PPOW (configs/eval.py), printed
 
 Stages live in WORKDIR/{target,data,sft,ppow,eval}; a stage whose result file exists is skipped,
 and an interrupted training stage resumes from its last checkpoint.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any, NamedTuple
 
 from absl import logging
 
@@ -152,11 +153,13 @@ def run(config, workdir: str):
       _heldout_prompt_file(sft_cfg, target_path, eval_prompts)
     eval_cfg.data.benchmarks = eval_prompts
   choice = config.get("window_choice", None)
-  candidates = sorted(eval_mode.parse_numbers("config.window_choice.candidates",
-                                              choice.candidates, int, 1)) if choice else []
-  if candidates:
-    eval_cfg.eval.window = _choose_window(choice, candidates, eval_cfg, sft_cfg, target_path,
-                                          data_dir, os.path.join(workdir, "window"), timings)
+  chains, tree, tree_nodes = _drafting_candidates(choice) if choice else ([], None, [])
+  if chains or tree:
+    chosen = _choose_drafting(choice, chains, tree, tree_nodes, eval_cfg, sft_cfg, target_path,
+                              data_dir, os.path.join(workdir, "window"), timings)
+    eval_cfg.eval.window = chosen.window
+    if chosen.tree:  # every drafter decodes as the chosen tree (rows named as the drafters)
+      eval_cfg.eval.tree, eval_cfg.eval.tree_num_nodes = chosen.tree, ""
   eval_dir = os.path.join(workdir, "eval")
   report_data = _stage_done(os.path.join(eval_dir, "report.json"))
   if report_data is None:
@@ -170,8 +173,7 @@ def run(config, workdir: str):
     print("[5/5] evaluation: done (cached)")
   from ppow_jax.evaluation import report
   print()
-  print(f"K = {report_data['window']} draft tokens per step" + (
-      " (chosen on held-out prompts)" if candidates else ""))
+  print(_drafting_line(report_data) + (" (chosen on held-out prompts)" if chains or tree else ""))
   print(report.summary_table(report_data))
   print(f"report and plots: {eval_dir}/report.md (PNG plots beside it)")
   timings["total"] = time.perf_counter() - t_start
@@ -184,38 +186,83 @@ def run(config, workdir: str):
   return summary
 
 
-def _choose_window(choice, candidates: list[int], eval_cfg, sft_cfg, target_path: str,
-                   data_dir: str, stage_dir: str, timings: dict) -> int:
-  """The draft length K the evaluation uses: the one of `candidates` (sorted) with the best
-  greedy wall-clock speedup of any drafter on held-out prompts (never the evaluation's own
-  prompts; `choice` = config.window_choice gives their number and length).
+class Drafting(NamedTuple):
+  """How the evaluation's drafters draft: a chain of `window` tokens, or (window 0) `tree`."""
+  window: int
+  tree: str = ""
+
+  @property
+  def name(self) -> str:
+    return f"tree {self.tree}" if self.tree else f"K={self.window}"
+
+
+def _drafting_candidates(choice) -> tuple[list[int], Any, list[int]]:
+  """(chain lengths K, the TreeSpec or None, its num_nodes candidates) of config.window_choice."""
+  from ppow_jax.modes import eval as eval_mode
+  chains = sorted(eval_mode.parse_numbers("config.window_choice.candidates", choice.candidates,
+                                          int, 1))
+  tree, nodes = eval_mode.parse_trees(
+      "config.window_choice.tree", choice.get("tree", ""), "config.window_choice.tree_num_nodes",
+      choice.get("tree_num_nodes", ""))
+  return chains, tree, sorted({*nodes, tree.num_nodes}) if tree else []
+
+
+def _drafting_line(data: dict) -> str:
+  """The printed line above the summary table saying how the drafters drafted."""
+  if data["window"] == 0 and data.get("tree"):
+    depth, topk, num_nodes = data["tree"].split(",")
+    return (f"draft tree {data['tree']} per step: depth {depth}, the drafter's top {topk} "
+            f"expanded, {num_nodes} tokens verified")
+  return f"K = {data['window']} draft tokens per step"
+
+
+def _choose_drafting(choice, chains: list[int], tree, tree_nodes: list[int], eval_cfg, sft_cfg,
+                     target_path: str, data_dir: str, stage_dir: str, timings: dict) -> Drafting:
+  """The evaluation's drafting: the chain length K (of `chains`, sorted) or the tree (`tree`'s
+  depth and topk, num_nodes of `tree_nodes`) with the best greedy wall-clock speedup of any
+  drafter on held-out prompts (never the evaluation's own prompts; `choice` =
+  config.window_choice gives their number and length).
 
   tau grows with K but so does a step's cost (K drafter steps and a K+1-token verification):
-  a weak drafter on a small CPU target pays only at short windows, a strong one at long ones,
-  so K is measured, not assumed. Ties go to the shorter window. Cached in `stage_dir`.
+  a weak drafter on a small CPU target pays only at short windows, a strong one at long ones; a
+  depth-1 tree (the drafter's top few tokens, one drafter step) raises a weak drafter's tau for
+  a few more verified tokens. So it is measured, not assumed. Speedups equal to two decimals
+  go to the cheaper step (fewer tokens verified, then fewer drafter steps). Cached in
+  `stage_dir`.
   """
   from ppow_jax.modes import eval as eval_mode
   data = _stage_done(os.path.join(stage_dir, "report.json"))
-  if data is None or data.get("windows") != candidates:
-    print(f"[5/5] draft length: K in {candidates} on held-out prompts")
+  tree_spec = str(tree) if tree else None
+  if (data is None or data.get("windows") != chains or data.get("tree") != tree_spec
+      or (tree and data.get("tree_num_nodes") != tree_nodes)):
+    shapes = [f"K={k}" for k in chains] + [f"tree {tree.depth},{tree.topk},{n}"
+                                           for n in tree_nodes]
+    print(f"[5/5] drafting: {', '.join(shapes)} on held-out prompts")
     heldout = os.path.join(data_dir, "heldout_prompts.jsonl")
     _heldout_prompt_file(sft_cfg, target_path, heldout)
     cfg = eval_cfg.copy_and_resolve_references()
     cfg.data.benchmarks, cfg.data.categories = heldout, ""
     cfg.data.limit_per_category = choice.num_prompts
-    cfg.eval.update(dict(temperatures="0", window=candidates[0],
-                         windows=",".join(map(str, candidates)), tree="", tree_num_nodes="",
+    cfg.eval.update(dict(temperatures="0", window=chains[0] if chains else 0,
+                         windows=",".join(map(str, chains)), tree=tree_spec or "",
+                         tree_num_nodes=",".join(map(str, tree_nodes)),
                          max_new_tokens=choice.max_new_tokens, batch_size=1,
                          print_tables=False))
     t0 = time.perf_counter()
     os.makedirs(stage_dir, exist_ok=True)
     data = eval_mode.run(cfg, stage_dir)
     timings["window"] = time.perf_counter() - t0
-  speedups = {k: max(r[str(k)]["mean"]["speedup"] for r in data["window_sweep"]["results"].values())
-              for k in candidates}
-  best = max(candidates, key=lambda k: (round(speedups[k], 2), -k))
+  # (speedup, -tokens verified, -drafter steps) of each candidate, over the drafters.
+  scored = {}
+  for k in chains:
+    speed = max(r[str(k)]["mean"]["speedup"] for r in data["window_sweep"]["results"].values())
+    scored[Drafting(k)] = (speed, -(k + 1), -k)
+  for n in tree_nodes:
+    speed = max(r[str(n)]["mean"]["speedup"] for r in data["tree_sweep"]["results"].values())
+    scored[Drafting(0, f"{tree.depth},{tree.topk},{n}")] = (speed, -n, -tree.depth)
+  best = max(scored, key=lambda d: (round(scored[d][0], 2), *scored[d][1:]))
   print("  held-out greedy speedup of the better drafter: "
-        + ", ".join(f"K={k} {speedups[k]:.2f}x" for k in candidates) + f" -> K = {best}")
+        + ", ".join(f"{d.name} {v[0]:.2f}x" for d, v in scored.items()) + f" -> {best.name}")
   return best
 
 
