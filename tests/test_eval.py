@@ -245,7 +245,7 @@ def test_window_zero_decodes_every_drafter_as_the_tree_only(stories_path, tmp_pa
   monkeypatch.setattr(runner, "decode", recording)
   data = eval_mode.run(_config(stories_path, f"self={stories_path}", str(SPEC_BENCH), window=0,
                                windows="", tree="2,2,5", tree_num_nodes="3,5"), str(tmp_path))
-  assert trees == [None, "2,2,5", "2,2,3"] * 2  # per category: baseline, the tree, the sweep
+  assert trees == [None, "2,2,5", "2,2,3"] * 4  # per prompt: baseline, the tree, the sweep
   row = data["results"]["0"]
   assert list(row) == ["autoregressive", "self"]
   assert (row["self"]["window"], row["self"]["tree"]) == (0, "2,2,5")
@@ -274,8 +274,8 @@ def test_bad_tree_settings_fail_before_decoding(no_decode, stories_path, tmp_pat
 
 def test_baseline_and_drafters_decode_each_category_back_to_back(stories_path, drafters,
                                                                   tmp_path, monkeypatch):
-  """Interleaved: every job (baseline, drafters, the K sweep) decodes a category before any
-  job starts the next, so the speedup of a drafter never compares two different moments."""
+  """Interleaved: every job (baseline, drafters, the K sweep) decodes a batch before any job
+  starts the next, so the speedup of a drafter never compares two different moments."""
   calls = []
   real = runner.decode
 
@@ -287,8 +287,9 @@ def test_baseline_and_drafters_decode_each_category_back_to_back(stories_path, d
   data = eval_mode.run(_config(stories_path, drafters, str(SPEC_BENCH), windows=f"2,{WINDOW}"),
                        str(tmp_path))
   cats = [c for c, _ in calls]
-  # 1 baseline + 2 drafters at K + 2 drafters at the swept K=2: 5 decodes per category, in a block.
-  assert cats == ["writing"] * 5 + ["qa"] * 5
-  assert [k for _, k in calls[:5]] == [None, WINDOW, WINDOW, 2, 2]
+  # 1 baseline + 2 drafters at K + 2 drafters at the swept K=2: 5 decodes per batch (one prompt
+  # each, 2 per category), in a block.
+  assert cats == ["writing"] * 10 + ["qa"] * 10
+  assert [k for _, k in calls] == [None, WINDOW, WINDOW, 2, 2] * 4
   assert data["window_sweep"]["results"]["self"]["2"]["mean"]["tau"] > 1
   assert data["results"]["0"]["self"]["identical_to_autoregressive"] == 1

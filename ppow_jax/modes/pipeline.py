@@ -211,8 +211,8 @@ def _drafting_line(data: dict) -> str:
   """The printed line above the summary table saying how the drafters drafted."""
   if data["window"] == 0 and data.get("tree"):
     depth, topk, num_nodes = data["tree"].split(",")
-    return (f"draft tree {data['tree']} per step: depth {depth}, the drafter's top {topk} "
-            f"expanded, {num_nodes} tokens verified")
+    return (f"draft tree {data['tree']} per step (depth {depth}, topk {topk}): {num_nodes} "
+            f"tokens verified, the newest and {int(num_nodes) - 1} drafted")
   return f"K = {data['window']} draft tokens per step"
 
 
