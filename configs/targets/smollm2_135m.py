@@ -12,8 +12,8 @@ the same CPU time (`control`); evaluation on two prompts per Spec-Bench category
 HumanEval and GSM8K at T = 0 and 1, K = 4 and 6. Estimated on 2 cores: data ~45 min, training
 ~35 min, PPOW and controls ~40 min, evaluation ~30 min (not yet run end to end; README gives
 what was measured with the quick data). The variant `configs/targets/smollm2_135m.py:quick` is
-the run configs/default.py makes (22 min 09 s from a fresh clone on 2 cores, 2026-12-03). Stage settings
-are overridable as in configs/default.py (`--config.sft.train.num_steps=100`).
+the run configs/default.py makes (24 min 35 s from a fresh clone on 2 cores, 2026-12-03).
+Stage settings are overridable as in configs/default.py (`--config.sft.train.num_steps=100`).
 """
 
 import importlib.util
@@ -73,8 +73,8 @@ def get_config(variant: str = ""):
   # better in 30 steps (tau 1.18 against 1.17) at a cheaper step.
   sft.drafter.update(dict(draft_vocab_size=4096 if quick else 16384, init_head_from_target=False,
                           feature_scaling=True))
-  # The quick run's drafter accepts ~25-30% of first tokens, so on 2 cores only K = 1 pays
-  # (window_choice below) and only the first draft step is trained: one training-time-test
+  # The quick run's drafter accepts ~25-30% of first tokens, so on 2 cores only its first
+  # draft token pays (K = 1 or a depth-1 tree, window_choice below) and only the first draft step is trained: one training-time-test
   # step instead of 4 makes a step ~3x cheaper, and 480 of them cost 5 min 21 s against
   # 3 min 55 s for 120 four-step ones. Spec-Bench tau at K = 1, T = 0 (13 prompts, the same
   # data, 2026-12-03): 1.24 (4 TTT steps, 120 steps), 1.29 (1, 240), 1.31 (1, 480).
