@@ -74,8 +74,8 @@ def get_config(variant: str = ""):
   sft.drafter.update(dict(draft_vocab_size=4096 if quick else 16384, init_head_from_target=False,
                           feature_scaling=True))
   # The quick run's drafter accepts ~25-30% of first tokens, so on 2 cores only its first
-  # draft token pays (K = 1 or a depth-1 tree, window_choice below) and only the first draft step is trained: one training-time-test
-  # step instead of 4 makes a step ~3x cheaper, and 480 of them cost 5 min 21 s against
+  # draft token pays (K = 1 or a depth-1 tree, window_choice below) and only the first draft
+  # step is trained: one training-time-test step instead of 4 makes a step ~3x cheaper, and 480 of them cost 5 min 21 s against
   # 3 min 55 s for 120 four-step ones. Spec-Bench tau at K = 1, T = 0 (13 prompts, the same
   # data, 2026-12-03): 1.24 (4 TTT steps, 120 steps), 1.29 (1, 240), 1.31 (1, 480).
   sft.ttt.steps = 1 if quick else 7
