@@ -210,9 +210,10 @@ def _drafting_candidates(choice) -> tuple[list[int], Any, list[int]]:
 def _drafting_line(data: dict) -> str:
   """The printed line above the summary table saying how the drafters drafted."""
   if data["window"] == 0 and data.get("tree"):
-    depth, topk, num_nodes = data["tree"].split(",")
-    return (f"draft tree {data['tree']} per step (depth {depth}, topk {topk}): {num_nodes} "
-            f"tokens verified, the newest and {int(num_nodes) - 1} drafted")
+    from ppow_jax.decoding import tree as draft_tree
+    t = draft_tree.parse("report.tree", data["tree"])
+    return (f"draft tree {t} per step (depth {t.depth}, topk {t.topk}): {t.num_nodes} "
+            f"tokens verified, the newest and {t.num_nodes - 1} drafted")
   return f"K = {data['window']} draft tokens per step"
 
 
