@@ -67,8 +67,10 @@ def get_config(variant: str = ""):
   # Full 480-step runs on the quick data (sft/eval.json, held-out greedy tau K=4, 16 prompts,
   # 2026-12-03): 304 answers at T = 0.7 1.33; the same prompts answered at T = 0 1.29
   # (`--config.sft.data.temperature=0.0`: greedy answers teach less); the first 152 answers
-  # only (the rest dropped after generation) 1.28. The drafter is data-limited: doubling the
-  # answers added ~17% accepted drafts (0.28 -> 0.33 per step).
+  # only (the rest dropped after generation) 1.28; weight decay 0.3 1.34. The drafter is
+  # data-limited: `data.synthesize=640` (624 answers) read 1.38 where the 304-answer drafter
+  # read 1.34 on the same 16 held-out prompts, for ~7 more minutes (synthesis 3 min 03 s,
+  # answers 7 min 35 s, features 3 min).
   # Task openings for the synthesized prompts: unconditioned, SmolLM2-135M asks short chat
   # questions; Spec-Bench also summarizes, translates, extracts and codes.
   sft.data.synthesis.openings = OPENINGS
