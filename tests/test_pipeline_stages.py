@@ -143,6 +143,15 @@ def test_drafting_candidates_of_the_recipe():
   assert pipeline._drafting_candidates(c.window_choice) == ([1], None, [])
 
 
+
+def test_drafting_line_says_what_was_verified():
+  """The line above the printed table: a tree's verified tokens (newest + drafted), or K."""
+  tree = pipeline._drafting_line({"window": 0, "tree": "1,4,3"})
+  assert tree.startswith("draft tree 1,4,3 per step (depth 1, topk 4): 3 tokens verified")
+  assert tree.endswith("the newest and 2 drafted")
+  assert pipeline._drafting_line({"window": 2, "tree": "1,4,3"}) == "K = 2 draft tokens per step"
+  assert pipeline._drafting_line({"window": 1}) == "K = 1 draft tokens per step"
+
 def test_bad_window_choice_names_the_field():
   c = _config("default")
   c.window_choice.candidates = "1,x"

@@ -83,8 +83,8 @@ def get_config(variant: str = ""):
                           feature_scaling=True))
   # The quick run's drafter accepts ~25-30% of first tokens, so on 2 cores only its first
   # draft token pays (K = 1 or a depth-1 tree, window_choice below) and only the first draft
-  # step is trained: one training-time-test step instead of 4 makes a step ~3x cheaper, and 480 of them cost 5 min 21 s against
-  # 3 min 55 s for 120 four-step ones. Spec-Bench tau at K = 1, T = 0 (13 prompts, the same
+  # step is trained: one training-time-test step instead of 4 makes a step ~3x cheaper, and
+  # 480 of them cost 5 min 21 s against 3 min 55 s for 120 four-step ones. Spec-Bench tau at K = 1, T = 0 (13 prompts, the same
   # data, 2026-12-03): 1.24 (4 TTT steps, 120 steps), 1.29 (1, 240), 1.31 (1, 480).
   sft.ttt.steps = 1 if quick else 7
   # lr 3e-3: held-out tau 1.14 against 1.13 at 1e-3 in 30 steps (1e-2: no better than 3e-3).
