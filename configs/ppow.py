@@ -29,6 +29,7 @@ def get_config():
                                                min_chars=12, openings=())),
       dir="", prompts="", num_samples=1024, num_heldout=32, max_prompt_len=128,
       max_new_tokens=127, heldout_temperature=1.0,
+      seed=-1,  # sampling seed of prompts and answers; -1 = the run's seed
       temperature=1.0, gen_batch_size=64, seq_len=128,
       features="online"))  # or "cached": the target's features computed once (data/features.py)
   c.ppow = ml_collections.ConfigDict(dict(

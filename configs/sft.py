@@ -47,6 +47,7 @@ def get_config():
       dir="",  # "" = WORKDIR/data; share it between runs to generate once
       prompts="", num_samples=4096, num_heldout=32, max_prompt_len=128,
       max_new_tokens=127, heldout_temperature=1.0,
+      seed=-1,  # sampling seed of prompts and answers; -1 = the run's seed
       temperature=0.7, gen_batch_size=64, seq_len=128,
       # True: the loss also covers the target's distributions over prompt tokens (more signal
       # from the same target forward). Token-level training only: PPOW refuses it.

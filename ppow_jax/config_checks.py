@@ -212,6 +212,7 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
     for name in ("num_samples", "max_prompt_len", "max_new_tokens", "gen_batch_size"):
       d.int(name, 1)
     d.int("num_heldout", 0)
+    d.int("seed", 0, also=(-1,))
     d.int("seq_len", 2)
     d.choice("features", FEATURE_MODES)
     d.bool("loss_on_prompt")

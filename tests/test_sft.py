@@ -239,6 +239,27 @@ def test_heldout_temperature_and_stale_data_cache(reference, target, data_dir, c
       in caplog.text
 
 
+
+def test_data_seed_keeps_other_run_seeds_on_the_cached_data(reference, target, data_dir, caplog,
+                                                            monkeypatch):
+  """data.seed fixes the sampling seed of the data: a run with another seed (PPOW's second seed
+  in the pipeline) reads the cache without a stale-settings warning; data.seed = -1 follows the
+  run's seed, so that run is told its data was sampled with another seed."""
+  _, config, _ = reference
+  assert config.data.seed == -1 and drafter_run.data_seed(config) == config.seed
+  def no_decode(*a, **k):
+    raise AssertionError("the cache was regenerated")
+  monkeypatch.setattr(drafter_run.selfdistill, "generate_split", no_decode)
+  other = config.copy_and_resolve_references()
+  other.seed = config.seed + 1
+  other.data.seed = config.seed
+  assert drafter_run.data_seed(other) == config.seed
+  drafter_run.prepare_data(other, drafter_run.Target(target, None), "unused")
+  assert "reusing cached" not in caplog.text
+  other.data.seed = -1
+  drafter_run.prepare_data(other, drafter_run.Target(target, None), "unused")
+  assert f"seed={config.seed}; this config asks for seed={config.seed + 1}" in caplog.text
+
 def test_aux_layers_config(reference, target):
   _, config, _ = reference
   train, _ = drafter_run.prepare_data(config, drafter_run.Target(target, None), "unused")

@@ -99,6 +99,8 @@ def run(config, workdir: str):
     sub.seed = config.seed
     sub.target.path = target_path
     sub.data.dir = data_dir
+    # Every stage reads the one dataset the pipeline's seed sampled, PPOW's other seeds too.
+    sub.data.seed = config.seed
     if train_prompts:
       sub.data.prompts = train_prompts
       sub.eval.prompts = eval_prompts

@@ -81,6 +81,12 @@ def data_dir(config, workdir: str) -> str:
   return config.data.dir or os.path.join(workdir, "data")
 
 
+def data_seed(config) -> int:
+  """The seed the prompts and answers are sampled with: data.seed, or the run's seed if < 0."""
+  seed = config.data.get("seed", -1)
+  return config.seed if seed is None or seed < 0 else int(seed)
+
+
 def _split_paths(value) -> list[str]:
   return [x.strip() for x in str(value or "").split(",") if x.strip()]
 
@@ -98,7 +104,7 @@ def training_prompts(config, target: Target, out: str) -> list[prompt_files.Prom
       s = d.synthesis
       settings = magpie.MagpieSettings(
           num_prompts=d.synthesize, max_tokens=s.max_tokens, temperature=s.temperature,
-          top_p=s.top_p, min_chars=s.min_chars, batch_size=d.gen_batch_size, seed=config.seed,
+          top_p=s.top_p, min_chars=s.min_chars, batch_size=d.gen_batch_size, seed=data_seed(config),
           openings=tuple(s.get("openings", ())))
       guard = magpie.Decontaminator.from_files(exclude) if exclude else None
       texts, stats = magpie.synthesize(target.cfg, target.params(), target.tokenizer, settings,
@@ -153,10 +159,10 @@ def prepare_data(config, target: Target, workdir: str):
   # they would mostly repeat training openings and flatter the drafter.
   specs = {
       "train": selfdistill.SplitSpec(ids[:len(ids) - d.num_heldout], d.max_new_tokens,
-                                     d.temperature, config.seed),
+                                     d.temperature, data_seed(config)),
       "heldout": selfdistill.SplitSpec(ids[len(ids) - d.num_heldout:], d.max_new_tokens,
                                        d.get("heldout_temperature", d.temperature),
-                                       config.seed + 7919)}
+                                       data_seed(config) + 7919)}
   records = selfdistill.prepare(target.cfg, target.params(), out, specs,
                                 batch_size=d.gen_batch_size)
   return records["train"], records["heldout"]
