@@ -239,8 +239,7 @@ def test_heldout_temperature_and_stale_data_cache(reference, target, data_dir, c
       in caplog.text
 
 
-
-def test_data_seed_keeps_other_run_seeds_on_the_cached_data(reference, target, data_dir, caplog,
+def test_data_seed_keeps_other_run_seeds_on_the_cached_data(reference, target, caplog,
                                                             monkeypatch):
   """data.seed fixes the sampling seed of the data: a run with another seed (PPOW's second seed
   in the pipeline) reads the cache without a stale-settings warning; data.seed = -1 follows the
@@ -259,6 +258,7 @@ def test_data_seed_keeps_other_run_seeds_on_the_cached_data(reference, target, d
   other.data.seed = -1
   drafter_run.prepare_data(other, drafter_run.Target(target, None), "unused")
   assert f"seed={config.seed}; this config asks for seed={config.seed + 1}" in caplog.text
+
 
 def test_aux_layers_config(reference, target):
   _, config, _ = reference

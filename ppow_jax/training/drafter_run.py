@@ -104,8 +104,8 @@ def training_prompts(config, target: Target, out: str) -> list[prompt_files.Prom
       s = d.synthesis
       settings = magpie.MagpieSettings(
           num_prompts=d.synthesize, max_tokens=s.max_tokens, temperature=s.temperature,
-          top_p=s.top_p, min_chars=s.min_chars, batch_size=d.gen_batch_size, seed=data_seed(config),
-          openings=tuple(s.get("openings", ())))
+          top_p=s.top_p, min_chars=s.min_chars, batch_size=d.gen_batch_size,
+          seed=data_seed(config), openings=tuple(s.get("openings", ())))
       guard = magpie.Decontaminator.from_files(exclude) if exclude else None
       texts, stats = magpie.synthesize(target.cfg, target.params(), target.tokenizer, settings,
                                        decontaminator=guard)
