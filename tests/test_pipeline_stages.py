@@ -48,6 +48,16 @@ def test_bad_control_settings_name_the_field():
     config_checks.check(c)
 
 
+
+def test_bad_data_seed_names_the_field():
+  c = _config("targets/smollm2_135m", "quick")
+  assert c.sft.data.seed == c.ppow.data.seed == -1  # -1: the run's seed
+  c.sft.data.seed = -2
+  with pytest.raises(ConfigValueError, match=r"config\.sft\.data\.seed=-2"):
+    config_checks.check(c)
+  c.sft.data.seed = 3
+  config_checks.check(c)
+
 def test_loss_on_prompt_is_token_level_only():
   """The recipe trains token-level on prompt tokens too, PPOW never: a PPOW stage asked to is
   refused, naming the field, rather than silently ignoring it."""
