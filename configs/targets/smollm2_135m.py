@@ -15,7 +15,8 @@ token-level training 42 min (244 tokens/s); PPOW and controls 20 min for both se
 drafting choice 9 min 34 s; evaluation (660 decodes) ~60 min by its ETA, not yet run to the
 end. Held-out greedy tau K=4: token-level 1.36, PPOW 1.35 / 1.35, controls 1.36 / 1.36.
 The variant `configs/targets/smollm2_135m.py:quick` is the run configs/default.py makes
-(24 min 35 s from a fresh clone on 2 cores, 2026-12-03).
+(24 min 35 s from a fresh clone on 2 cores, 2026-12-03; 32 min 36 s
+on 2026-12-04's slower machine, where it chose K = 1 and read 1.04x at T = 0).
 Stage settings are overridable as in configs/default.py (`--config.sft.train.num_steps=100`).
 """
 
