@@ -80,10 +80,11 @@ def test_control_budget_is_ppow_training_cpu_time(tmp_path):
     pipeline._training_cpu_seconds(str(tmp_path))
 
 
-def test_drafting_is_chosen_on_heldout_prompts_by_measured_speedup(tmp_path, monkeypatch):
+def test_drafting_is_chosen_on_heldout_prompts_by_measured_speedup(tmp_path, monkeypatch,
+                                                                   capsys):
   """The chain K or tree where the better drafter is fastest on held-out prompts (ties: the
   cheaper step), decoded greedily from the held-out file, never the evaluation's benchmarks;
-  cached per candidate set."""
+  cached per candidate set; a note when nothing beats autoregressive decoding."""
   from ppow_jax.decoding import tree as draft_tree
   from ppow_jax.modes import eval as eval_mode
   c = _config("default")
@@ -142,6 +143,12 @@ def test_drafting_is_chosen_on_heldout_prompts_by_measured_speedup(tmp_path, mon
   # Only a tree: the evaluation of the choice decodes the tree alone (window 0).
   assert choose([], tree, [3, 4]) == pipeline.Drafting(0, "1,4,4")
   assert calls[-1].eval.window == 0 and calls[-1].eval.windows == ""
+  assert "no drafting beat autoregressive" not in capsys.readouterr().out
+  # Every candidate slower than autoregressive decoding: the fastest is still chosen, and said.
+  speed.update(a={1: 0.97, 2: 0.90}, b={1: 0.95, 2: 0.88})
+  assert choose([1, 2]) == pipeline.Drafting(1)
+  out = capsys.readouterr().out
+  assert "no drafting beat autoregressive decoding" in out and "(best K=1 0.97x)" in out
 
 
 def test_drafting_candidates_of_the_recipe():

@@ -266,6 +266,14 @@ def _choose_drafting(choice, chains: list[int], tree, tree_nodes: list[int], eva
   best = max(scored, key=lambda d: (round(scored[d][0], 2), *scored[d][1:]))
   print("  held-out greedy speedup of the better drafter: "
         + ", ".join(f"{d.name} {v[0]:.2f}x" for d, v in scored.items()) + f" -> {best.name}")
+  if scored[best][0] < 1.0:
+    # Whether drafting pays depends on the host (what a K+1-token verification costs against a
+    # 1-token forward; see benchmarks/spec_step_cost.py): say so rather than let a user read a
+    # silent slowdown in the evaluation table.
+    print(f"  note: on this machine no drafting beat autoregressive decoding on the held-out "
+          f"prompts (best {best.name} {scored[best][0]:.2f}x); the evaluation drafts with it "
+          f"to measure the drafters. benchmarks/spec_step_cost.py shows what a verification "
+          f"costs here.")
   return best
 
 
