@@ -15,6 +15,9 @@ setup(
     version="0.1.0",
     description="PPOW: window-level policy optimization of speculative-decoding drafters, in JAX/Flax",
     packages=find_packages(include=["ppow_jax", "ppow_jax.*"]),
+    # Evaluation prompts and the tiny stories260k model (ppow_jax/assets/README.md).
+    package_data={"ppow_jax.assets": ["README.md", "*/LICENSE", "*/*.json", "*/*.jsonl",
+                                      "*/*.jsonl.gz", "*/*.safetensors"]},
     python_requires=">=3.11",
     install_requires=requirements,
 )

@@ -1,9 +1,9 @@
 """Decode a prompt file with a target and (optionally) a drafter.
 
   python -m ppow_jax.main --config configs/decode.py --workdir /tmp/decode \
-    --config.target.path=../shared/models/stories260k \
-    --config.drafter.path=../shared/models/stories260k \
-    --config.data.prompts=../shared/benchmarks/gsm8k/test.jsonl --config.data.limit=8 \
+    --config.target.path=ppow_jax/assets/stories260k \
+    --config.drafter.path=ppow_jax/assets/stories260k \
+    --config.data.prompts=ppow_jax/assets/gsm8k/test.jsonl --config.data.limit=8 \
     --config.decode.window=6 --config.decode.temperature=0 --config.decode.max_new_tokens=64 \
     --config.decode.batch_size=4
 

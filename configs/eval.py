@@ -1,13 +1,13 @@
 """Evaluate drafters for one target on benchmark prompts: tau and speedup per category.
 
   python -m ppow_jax.main --config configs/eval.py --workdir runs/eval \
-    --config.target.path=../shared/models/stories260k \
-    --config.drafters="self=../shared/models/stories260k,eagle3=runs/sft" \
-    --config.data.benchmarks=../shared/benchmarks/spec_bench/question.jsonl \
+    --config.target.path=ppow_jax/assets/stories260k \
+    --config.drafters="self=ppow_jax/assets/stories260k,eagle3=runs/sft" \
     --config.data.limit_per_category=10 --config.eval.temperatures=0,1
 
 drafters: comma-separated "name=path" (an HF LM sharing the target's vocabulary, an EAGLE-3
 export, or a run directory holding export/); the autoregressive baseline is always included.
+The prompts default to Spec-Bench as shipped in ppow_jax/assets (480 prompts, 13 categories).
 With --config.eval.tree=depth,topk,num_nodes (e.g. 6,4,24) every drafter is also decoded with
 that dynamic draft tree (a row "NAME tree d,k,n" beside its chain row), and
 --config.eval.tree_num_nodes=16,24,40,60 sweeps num_nodes at the first temperature.
@@ -15,6 +15,8 @@ Writes WORKDIR/report.md, report.json and PNG plots.
 """
 
 import ml_collections
+
+from ppow_jax import assets
 
 
 def get_config():
@@ -25,7 +27,9 @@ def get_config():
   c.target = ml_collections.ConfigDict(dict(path="", dtype=""))  # dtype "" = checkpoint's own
   c.drafters = ""  # "name=path,name=path"; "" = autoregressive only
   c.data = ml_collections.ConfigDict(dict(
-      benchmarks="",  # comma-separated prompt files; categories come from their records
+      # Comma-separated prompt files; categories come from their records. "" in a pipeline
+      # config: the pipeline's own held-out prompts.
+      benchmarks=assets.SPEC_BENCH,
       categories="",  # comma-separated subset; "" = every category found
       limit_per_category=0,  # first N prompts of each category; 0 = all
       max_prompt_len=256, truncation="left"))

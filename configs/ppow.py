@@ -1,7 +1,7 @@
 """PPOW fine-tuning of a token-level EAGLE-3 drafter.
 
   python -m ppow_jax.main --config configs/ppow.py --workdir runs/ppow \
-    --config.target.path=../shared/models/stories260k \
+    --config.target.path=ppow_jax/assets/stories260k \
     --config.drafter.init_from=runs/sft/export --config.data.dir=runs/sft/data
 
 Ablations: --config.ppow.use_proximity=False (no R_dist), --config.ppow.windowing=False

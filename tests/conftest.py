@@ -10,15 +10,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
-STORIES = SHARED / "models" / "stories260k"
+from ppow_jax import assets  # noqa: E402
+
+# The evaluation files and the tiny model ship in the package (ppow_jax/assets/README.md).
+SPEC_BENCH = pathlib.Path(assets.SPEC_BENCH)
+HUMAN_EVAL = pathlib.Path(assets.HUMAN_EVAL)
+GSM8K = pathlib.Path(assets.GSM8K)
 
 
 @pytest.fixture(scope="session")
 def stories_path():
-  if not STORIES.exists():
-    pytest.skip(f"{STORIES} not present")
-  return str(STORIES)
+  """stories260k: a real 260K-parameter LLaMA in Hugging Face format, shipped in the package."""
+  return assets.STORIES260K
 
 
 @pytest.fixture(scope="session")

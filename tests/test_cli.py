@@ -11,17 +11,16 @@ import sys
 
 import pytest
 
+from ppow_jax import assets
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-STORIES = SHARED / "models" / "stories260k"
-GSM8K = SHARED / "benchmarks" / "gsm8k" / "test.jsonl"
+STORIES = pathlib.Path(assets.STORIES260K)
+GSM8K = pathlib.Path(assets.GSM8K)
 TORCH_NOTICE = "PyTorch was not found"
 # `python -c` preludes run before ppow_jax.main as __main__ (argv passes through unchanged).
 RUN_MAIN = "import runpy; runpy.run_module('ppow_jax.main', run_name='__main__', alter_sys=True)"
 HIDE_TORCH = ("import importlib.util as u; _find = u.find_spec; "
               "u.find_spec = lambda n, *a, **k: None if n == 'torch' else _find(n, *a, **k); ")
-
-pytestmark = pytest.mark.skipif(not STORIES.exists(), reason=f"{STORIES} not present")
 
 
 def _env(**extra):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from ppow_jax import assets
 from ppow_jax.data import datasets, features, magpie, selfdistill
 from ppow_jax.decoding import continuous, runner, sampling
 from ppow_jax.models import hf_checkpoint, transformer
@@ -122,9 +123,7 @@ def test_openings_start_the_sampled_user_turns_in_turn(smollm2_path, monkeypatch
 
 def test_evaluation_sets_never_enter_the_prompt_dataset(tmp_path):
   """The tfds Prompts dataset drops duplicates and prompts overlapping evaluation files."""
-  shared = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.pardir,
-                        "shared", "benchmarks")
-  gsm8k = os.path.join(shared, "gsm8k", "test.jsonl")
+  gsm8k = assets.GSM8K
   with open(gsm8k) as f:
     leaked = json.loads(f.readline())["question"]
   user = tmp_path / "user.jsonl"

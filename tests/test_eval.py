@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ppow_jax import assets
 from ppow_jax.decoding import runner
 from ppow_jax.decoding.drafter_io import DrafterMismatchError
 from ppow_jax.data.prompts import PromptFileError
@@ -22,7 +23,7 @@ from ppow_jax.models.transformer import Transformer
 from ppow_jax.modes import eval as eval_mode
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SPEC_BENCH = REPO.parent / "shared" / "benchmarks" / "spec_bench" / "question.jsonl"
+SPEC_BENCH = pathlib.Path(assets.SPEC_BENCH)
 WINDOW = 3
 
 
@@ -44,8 +45,6 @@ def _config(target, drafters, benchmarks, **eval_kw):
 
 @pytest.fixture(scope="module")
 def drafters(stories_path, tmp_path_factory):
-  if not SPEC_BENCH.exists():
-    pytest.skip(f"{SPEC_BENCH} not present")
   trunc = truncated_lm(stories_path, str(tmp_path_factory.mktemp("trunc2")), 2)
   return f"self={stories_path},trunc={trunc}"
 
@@ -201,8 +200,6 @@ def test_config_parsing():
 
 
 def test_tree_rows_and_num_nodes_sweep(stories_path, tmp_path):
-  if not SPEC_BENCH.exists():
-    pytest.skip(f"{SPEC_BENCH} not present")
   data = eval_mode.run(_config(stories_path, f"self={stories_path}", str(SPEC_BENCH), windows="",
                                tree="2,2,5", tree_num_nodes="3,5"), str(tmp_path))
   row = data["results"]["0"]
@@ -233,8 +230,6 @@ def test_tree_rows_and_num_nodes_sweep(stories_path, tmp_path):
 def test_window_zero_decodes_every_drafter_as_the_tree_only(stories_path, tmp_path, monkeypatch):
   """eval.window = 0: the drafters' rows are the tree itself (no chain decode), named as the
   drafters, with the same figures a tree row of the two-way evaluation has; greedy lossless."""
-  if not SPEC_BENCH.exists():
-    pytest.skip(f"{SPEC_BENCH} not present")
   trees = []
   real = runner.decode
 
@@ -293,3 +288,42 @@ def test_baseline_and_drafters_decode_each_category_back_to_back(stories_path, d
   assert [k for _, k in calls] == [None, WINDOW, WINDOW, 2, 2] * 4
   assert data["window_sweep"]["results"]["self"]["2"]["mean"]["tau"] > 1
   assert data["results"]["0"]["self"]["identical_to_autoregressive"] == 1
+
+
+# --- Prompts: the shipped defaults, and tables on fewer prompts than asked ------------------------
+
+
+def test_readme_command_1_evaluates_the_shipped_spec_bench():
+  """README command 1's table stands on Spec-Bench as shipped: one prompt of each of its 13
+  categories, whatever folders lie beside the clone; training avoids all three evaluation sets."""
+  spec = importlib.util.spec_from_file_location("default_config", REPO / "configs" / "default.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  assert c.eval.data.benchmarks == assets.SPEC_BENCH
+  assert c.sft.data.exclude.split(",") == list(assets.BENCHMARKS)
+  assert all(pathlib.Path(p).is_file() for p in assets.BENCHMARKS)
+  prompts = eval_mode.load_benchmarks([c.eval.data.benchmarks], [],
+                                      c.eval.data.limit_per_category)
+  assert len(prompts) == 13 and len({p.category for p in prompts}) == 13
+
+
+def test_fewer_prompts_than_asked_are_flagged(stories_path, tmp_path, capsys):
+  """A category with fewer prompts than limit_per_category: the table is still made, with a
+  warning on stdout, at the top of report.md and under the pipeline's summary table."""
+  bench = tmp_path / "bench.jsonl"
+  bench.write_text("".join(json.dumps({"prompt": f"Once upon a time {i}", "category": c}) + "\n"
+                           for i, c in enumerate(["big", "big", "big", "small"])))
+  c = _config(stories_path, "", str(bench), max_new_tokens=4)
+  c.data.categories, c.data.limit_per_category = "", 3
+  data = eval_mode.run(c, str(tmp_path))
+  warning = ("WARNING: built from 4 prompts, fewer than the config asked for (3 per category): "
+             "small has 1")
+  assert data["num_prompts"] == {"big": 3, "small": 1}
+  assert warning in capsys.readouterr().out
+  assert (tmp_path / "report.md").read_text().splitlines()[2] == f"**{warning}**"
+  assert report.summary_table(data).splitlines()[-1] == warning
+  c.data.limit_per_category = 1  # every category gives what is asked: no warning
+  (tmp_path / "one").mkdir()
+  assert report.shortfall(eval_mode.run(c, str(tmp_path / "one"))) == ""
+  assert "WARNING" not in capsys.readouterr().out

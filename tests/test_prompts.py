@@ -3,26 +3,17 @@
 import collections
 import gzip
 import json
-import pathlib
 import re
 
 import pytest
 
+from ppow_jax import assets
 from ppow_jax.data import Prompt, PromptFileError, encode_prompt, encode_prompts, load_prompts
 from ppow_jax.models.hf_checkpoint import load_tokenizer
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
-SPEC_BENCH = BENCH / "spec_bench" / "question.jsonl"
-HUMAN_EVAL = BENCH / "human_eval" / "HumanEval.jsonl.gz"
-GSM8K = BENCH / "gsm8k" / "test.jsonl"
+SPEC_BENCH, HUMAN_EVAL, GSM8K = assets.SPEC_BENCH, assets.HUMAN_EVAL, assets.GSM8K
 TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}"
             "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-
-
-def _shared(path):
-  if not path.exists():
-    pytest.skip(f"{path} not present")
-  return str(path)
 
 
 def _write(path, lines):
@@ -45,7 +36,7 @@ def chat_tok(stories_path):
 # --- Reading files ------------------------------------------------------------------------------
 
 def test_spec_bench():
-  prompts = load_prompts(_shared(SPEC_BENCH))
+  prompts = load_prompts(SPEC_BENCH)
   assert len(prompts) == 480
   counts = collections.Counter(p.category for p in prompts)
   assert len(counts) == 13
@@ -56,7 +47,7 @@ def test_spec_bench():
 
 
 def test_spec_bench_filters():
-  path = _shared(SPEC_BENCH)
+  path = SPEC_BENCH
   every = load_prompts(path)
   picked = load_prompts(path, categories=["qa", "writing"], limit_per_category=3)
   expected = ([p for p in every if p.category == "writing"][:3]
@@ -73,7 +64,7 @@ def test_spec_bench_filters():
 
 
 def test_human_eval_gz():
-  prompts = load_prompts(_shared(HUMAN_EVAL))
+  prompts = load_prompts(HUMAN_EVAL)
   assert len(prompts) == 164
   assert {p.category for p in prompts} == {"humaneval"}
   assert prompts[0].id == "HumanEval/0" and prompts[-1].id == "HumanEval/163"
@@ -81,7 +72,7 @@ def test_human_eval_gz():
 
 
 def test_gsm8k():
-  prompts = load_prompts(_shared(GSM8K))
+  prompts = load_prompts(GSM8K)
   assert len(prompts) == 1319
   assert {p.category for p in prompts} == {"gsm8k"}
   assert prompts[0].id == "gsm8k/0" and prompts[-1].id == "gsm8k/1318"

@@ -25,11 +25,9 @@ import os
 
 import ml_collections
 
+from ppow_jax import assets
+
 CONFIGS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(CONFIGS), os.pardir, "shared", "benchmarks")
-SPEC_BENCH = os.path.join(SHARED, "spec_bench", "question.jsonl")
-HUMAN_EVAL = os.path.join(SHARED, "human_eval", "HumanEval.jsonl.gz")
-GSM8K = os.path.join(SHARED, "gsm8k", "test.jsonl")
 
 
 OPENINGS = ("", "Write", "Summarize the following", "Translate", "Write a Python function",
@@ -52,9 +50,9 @@ def get_config(variant: str = ""):
   c.seed = 0
   c.target = ml_collections.ConfigDict(dict(path="", source="smollm2-135m-instruct"))
 
-  # The evaluation sets live beside the repository (../shared/benchmarks) in this project's
-  # checkouts; elsewhere evaluation falls back to held-out synthesized prompts.
-  benchmarks = [f for f in (SPEC_BENCH, HUMAN_EVAL, GSM8K) if os.path.exists(f)]
+  # The evaluation sets ship in ppow_jax/assets: evaluated on Spec-Bench (the full recipe also
+  # on HumanEval and GSM8K); training prompts overlapping any of them are dropped.
+  benchmarks = list(assets.BENCHMARKS)
   sft = _load("sft")
   sft.data.update(dict(
       synthesize=320 if quick else 1280, exclude=",".join(benchmarks),

@@ -41,8 +41,26 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
   return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def shortfall(data: dict) -> str:
+  """A warning when a category gave fewer prompts than config.data.limit_per_category asked for,
+  so that a table standing on fewer prompts than its config meant cannot pass unseen; "" when
+  every category gave what was asked."""
+  limit, n = data.get("limit_per_category") or 0, data["num_prompts"]
+  short = {c: k for c, k in n.items() if k < limit}
+  if not short:
+    return ""
+  return (f"WARNING: built from {sum(n.values())} prompts, fewer than the config asked for "
+          f"({limit} per category): " + ", ".join(f"{c} has {k}" for c, k in short.items()))
+
+
 def markdown_tables(data: dict) -> str:
-  """Per temperature: rows drafters, columns categories and the mean, cells "tau / speedup×"."""
+  """Per temperature: rows drafters, columns categories and the mean, cells "tau / speedup×";
+  first the `shortfall` warning, if any."""
+  note = shortfall(data)
+  return (f"{note}\n\n" if note else "") + _tables(data)
+
+
+def _tables(data: dict) -> str:
   out = []
   cats = data["categories"]
   for tkey, row in data["results"].items():
@@ -77,15 +95,18 @@ def summary_table(data: dict) -> str:
         lines.append(f"{name}: {'every' if share == 1 else f'{share:.0%} of the'} greedy "
                      f"output{'' if share == 1 else 's'} identical to autoregressive decoding"
                      + ("" if share == 1 else " (expected all: a bug, please report)"))
-  return "\n".join(lines)
+  note = shortfall(data)
+  return "\n".join([*lines, *([note] if note else [])])
 
 
 def markdown(data: dict, plots: dict[str, str]) -> str:
   """The whole report.md; `plots` maps a plot's key (e.g. "tau_T0") to its file name."""
   cats = data["categories"]
   n = data["num_prompts"]
+  note = shortfall(data)
   lines = [
       f"# Evaluation of drafters for `{data['target']}`", "",
+      *([f"**{note}**", ""] if note else []),
       f"- benchmarks: {', '.join(f'`{b}`' for b in data['benchmarks'])}",
       f"- prompts: {sum(n.values())} ({', '.join(f'{c}: {n[c]}' for c in cats)})",
       f"- max_new_tokens {data['max_new_tokens']}, batch size {data['batch_size']}, "
@@ -101,7 +122,7 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
       "Cells: tau / speedup. tau = mean tokens per target verification step (accepted + 1); "
       "speedup = tokens/s over the autoregressive tokens/s of the same engine, prompts and run. "
       "mean = average over categories (pooled figures are in report.json under `overall`).", "",
-      "## Tau / speedup", "", markdown_tables(data),
+      "## Tau / speedup", "", _tables(data),
       "## Tokens per second", ""]
   for tkey, row in data["results"].items():
     lines += [f"### Temperature {tkey}", ""]
