@@ -2,7 +2,7 @@
 
   python benchmarks/bf16_divergence.py \
     --target ~/.cache/ppow_jax/models/SmolLM2-135M-Instruct --drafter runs/smollm2/sft/export \
-    --benchmarks ../shared/benchmarks/spec_bench/question.jsonl --per_category 1 \
+    --benchmarks ppow_jax/assets/spec_bench/question.jsonl --per_category 1 \
     --max_new_tokens 96 --window 4 --out runs/bf16_divergence
 
 In float32 greedy speculative decoding equals autoregressive decoding token for token (tests

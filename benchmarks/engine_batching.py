@@ -2,7 +2,7 @@
 `generate()` at batch 1 for reference, in one run.
 
   python benchmarks/engine_batching.py --target ~/.cache/ppow_jax/models/SmolLM2-135M-Instruct \
-    --prompts ../shared/benchmarks/gsm8k/test.jsonl --num_prompts 32 --max_new_tokens 128 \
+    --prompts ppow_jax/assets/gsm8k/test.jsonl --num_prompts 32 --max_new_tokens 128 \
     --temperature 0.7 --batch_sizes 1,16,32 --out runs/engine_batching.json
 
 The decode mode's path (`runner.decode`: static batches, warm-up excluded) at each batch size;

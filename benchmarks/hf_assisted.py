@@ -1,7 +1,7 @@
 """transformers' assisted generation (PyTorch, CPU) side by side with ppow_jax's engine.
 
-  /work/venv/bin/python benchmarks/hf_assisted.py --target ../shared/models/stories260k \
-      --prompts ../shared/benchmarks/gsm8k/test.jsonl --num_prompts 16 --max_new_tokens 64 \
+  /work/venv/bin/python benchmarks/hf_assisted.py --target ppow_jax/assets/stories260k \
+      --prompts ppow_jax/assets/gsm8k/test.jsonl --num_prompts 16 --max_new_tokens 64 \
       --window 4 --out /tmp/hf_assisted.json
 
 Both engines get the same target weights, the same LM drafter, the same prompt token ids (batch 1,
@@ -13,7 +13,7 @@ the assistant's `num_assistant_tokens=K`, `num_assistant_tokens_schedule="consta
 `assistant_confidence_threshold=0` (no early stop of a draft), so it drafts K tokens per step
 like ppow. Each engine also decodes autoregressively, for its own speedup. The truncated drafter
 rarely agrees with stories260k (tau ~1.1), so it compares the engines' overheads at equal
-acceptance rather than showing a speedup; --drafter ../shared/models/stories260k (the target
+acceptance rather than showing a speedup; --drafter ppow_jax/assets/stories260k (the target
 drafting for itself) shows full acceptance, tau = K+1, in both.
 
 Figures per engine and mode: tokens/s (generated tokens over the wall time of the generate calls,

@@ -5,7 +5,7 @@ prompt-lookup decoding, and llama.cpp (llama-cpp-python) on the original GGUF if
   python benchmarks/real_target.py \
     --target ~/.cache/ppow_jax/models/SmolLM2-135M-Instruct \
     --drafters token-level=runs/smollm2/sft/export,ppow=runs/smollm2/ppow/export \
-    --benchmarks ../shared/benchmarks/spec_bench/question.jsonl --per_category 2 \
+    --benchmarks ppow_jax/assets/spec_bench/question.jsonl --per_category 2 \
     --max_new_tokens 128 --window 4 --out runs/real_target
 
 Same prompts (first turns, chat template), same new-token budget, batch 1, greedy, one after the

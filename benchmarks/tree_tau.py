@@ -1,6 +1,6 @@
 """Dynamic draft trees against chain drafting: tau and tokens/s, with a num_nodes sweep.
 
-  python benchmarks/tree_tau.py --target ../shared/models/stories260k --drafter runs/sft \
+  python benchmarks/tree_tau.py --target ppow_jax/assets/stories260k --drafter runs/sft \
     --data_dir runs/sft/data --chain 6 --trees "6,4;8,4" --num_nodes 8,16,24,32,48,60 \
     --out runs/tree_tau
 
