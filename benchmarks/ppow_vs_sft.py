@@ -1,18 +1,26 @@
-"""PPOW against more token-level training at equal wall-clock, plus PPOW's ablations.
+"""PPOW against token-level training as a study: arms x seeds at one CPU budget, paired bootstrap.
 
   python benchmarks/ppow_vs_sft.py --target ../shared/models/stories260k \
-    --start runs/sft/export --data_dir runs/sft/data --minutes 10 --out runs/ppow_vs_sft
+    --start runs/study/sft_start/export --data_dir runs/study/data --cpu_minutes 4 \
+    --out runs/study/ppow_vs_sft --eval_prompts 512
 
-From one token-level drafter (`--start`, an SFT export), trains for the same wall-clock budget:
-  +token-level   the EAGLE-3 loss, continued (configs/sft.py, init_from=start)
-  +PPOW          configs/ppow.py
-  PPOW w/o R_dist, PPOW w/o windowing   (ablations)
-and measures greedy tau at K=6 and K=10 on the same held-out prompts (prefixes of the held-out
-self-distillation sequences in --data_dir). The start is measured first; then the training
-runs go --parallel at a time (a token-level run beside PPOW runs), so concurrent runs share the
-CPU equally; --parallel equal to the number of training runs gives a strictly equal share.
-Writes OUT/results.json and OUT/table.md. Extra config overrides for every PPOW run: --ppow_args "--config.x=y ...".
+From one converged token-level drafter (`--start`, an SFT export) every arm trains for the same
+CPU time (`train.max_cpu_seconds`, counted after compilation; single-threaded XLA per run, runs
+`--parallel` at a time):
+  token-level       the EAGLE-3 loss, continued (configs/sft.py, init_from=start)
+  token-level LK    the same with the LK acceptance loss (ttt.loss=lk_lambda, arXiv 2602.23881)
+  PPOW              configs/ppow.py (plus --ppow_args)
+  PPOW w/o R_dist, PPOW w/o windowing, PPOW w/o both   (ablations, --ablation_seeds seeds)
+Then every drafter (and the start) decodes the same held-out prompts (16-token prefixes of the
+held-out self-distillation sequences in --data_dir, never trained on) greedily and at T = 1 with
+chains of K = 4, 6, 10 and the tree --tree; per-prompt accepted tokens and steps are kept, so
+tau's 95% intervals come from a bootstrap over prompts (paired across arms: the same resampled
+prompts for every arm) and over seeds (resampled within each arm). Every phase resumes: finished
+runs and evaluations are skipped on a rerun. Writes OUT/results.json, OUT/table.md,
+OUT/tau.png (tau per arm with intervals) and OUT/diagnostics.png (PPOW's per-step signal).
 """
+
+from __future__ import annotations
 
 import argparse
 import concurrent.futures
@@ -24,56 +32,247 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+BASELINE = "token-level"
+ABLATIONS = ("PPOW w/o R_dist", "PPOW w/o windowing", "PPOW w/o both")
 
 
-def run(name, config, workdir, args, log):
-  cmd = [sys.executable, "-m", "ppow_jax.main", f"--config={config}", f"--workdir={workdir}", *args]
-  t0 = time.time()
-  with open(log, "w") as f:
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-  if proc.returncode:
-    raise RuntimeError(f"{name} failed ({proc.returncode}); see {log}")
-  with open(os.path.join(workdir, "eval.json")) as f:
-    result = json.load(f)
-  result["wall_seconds"] = time.time() - t0
-  result["command"] = " ".join(shlex.quote(c) for c in ["python", *cmd[1:]])
-  return name, result
+def arms(a) -> dict[str, tuple[str, list[str]]]:
+  """name -> (config file, overrides) of every trained arm."""
+  sft = ["--config.optim.warmup_steps=10", f"--config.optim.learning_rate={a.sft_lr}",
+         *shlex.split(a.sft_args)]
+  ppow = shlex.split(a.ppow_args)
+  out = {
+      BASELINE: ("configs/sft.py", sft),
+      "token-level LK": ("configs/sft.py", [*sft, "--config.ttt.loss=lk_lambda"]),
+      "PPOW": ("configs/ppow.py", ppow),
+      "PPOW w/o R_dist": ("configs/ppow.py", [*ppow, "--config.ppow.use_proximity=False"]),
+      "PPOW w/o windowing": ("configs/ppow.py", [*ppow, "--config.ppow.windowing=False"]),
+      "PPOW w/o both": ("configs/ppow.py", [*ppow, "--config.ppow.use_proximity=False",
+                                            "--config.ppow.windowing=False"]),
+  }
+  for v in a.variant:
+    name, sep, extra = v.partition("=")
+    if not sep or not name.strip():
+      raise SystemExit(f"--variant {v!r}: expected NAME=ARGS")
+    out[name.strip()] = ("configs/ppow.py", [*ppow, *shlex.split(extra)])
+  skip = {x.strip() for x in a.skip.split(",") if x.strip()}
+  return {k: v for k, v in out.items() if k not in skip}
 
 
-def plot(out_dir, results):
-  """OUT/plots.png: tau per run (K=6, K=10) and the PPOW runs' rollout tau over training."""
+def slug(name: str, seed: int | None = None) -> str:
+  s = name.replace(" ", "_").replace("/", "").replace("+", "plus_")
+  return s if seed is None else f"{s}_seed{seed}"
+
+
+def train_one(name, seed, config, overrides, a) -> tuple[str, int, dict]:
+  """One training run in a subprocess; skipped when its eval.json (written last) exists."""
+  workdir = os.path.join(a.out, "runs", slug(name, seed))
+  done = os.path.join(workdir, "eval.json")
+  if not os.path.exists(done):
+    common = [f"--config.target.path={os.path.abspath(a.target)}",
+              f"--config.data.dir={os.path.abspath(a.data_dir)}",
+              f"--config.drafter.init_from={os.path.abspath(a.start)}",
+              f"--config.data.num_samples={a.num_samples}",
+              f"--config.data.num_heldout={a.num_heldout}",
+              f"--config.seed={seed}", "--config.data.seed=0",  # one dataset, seeds vary training
+              "--config.train.num_steps=1000000", f"--config.train.max_cpu_seconds={a.cpu_minutes * 60}",
+              "--config.train.checkpoint_every=100000", "--config.train.log_every=5",
+              "--config.eval.windows=()"]
+    cmd = [sys.executable, "-m", "ppow_jax.main", f"--config={config}", f"--workdir={workdir}",
+           *common, *overrides]
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD)}
+    os.makedirs(workdir, exist_ok=True)
+    t0 = time.time()
+    with open(os.path.join(workdir, "train.log"), "w") as f:
+      proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if proc.returncode:
+      raise RuntimeError(f"{name} seed {seed} failed ({proc.returncode}); see {workdir}/train.log")
+    with open(os.path.join(workdir, "command.txt"), "w") as f:
+      f.write(" ".join(shlex.quote(c) for c in ["python", *cmd[1:]]) + "\n")
+    print(f"trained {name} seed {seed} in {time.time() - t0:.0f} s", flush=True)
+  with open(done) as f:
+    return name, seed, json.load(f)
+
+
+def settings(a) -> dict[str, dict]:
+  """Evaluation settings: name -> decode settings (chains at each K, greedy and T = 1; the tree)."""
+  out = {}
+  for t in (0.0, 1.0):
+    for k in a.windows:
+      out[f"T{t:g} K={k}"] = dict(window=k, temperature=t, tree=None)
+  d, topk, n = (int(x) for x in a.tree.split(","))
+  out[f"T0 tree {a.tree}"] = dict(window=d, temperature=0.0, tree=(d, topk, n))
+  return out
+
+
+def evaluate(a, drafters: dict[str, str]):
+  """Per-prompt (accepted tokens, steps) of every drafter at every setting, cached per drafter."""
+
+  from ppow_jax.data import selfdistill
+  from ppow_jax.decoding import runner, sampling
+  from ppow_jax.decoding.tree import TreeSpec
+  from ppow_jax.eagle3.checkpoint import load_eagle3
+  from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
+  from ppow_jax.models import hf_checkpoint
+
+  model = hf_checkpoint.load_model(a.target)
+  cfg, params = model.cfg, model.params()
+  heldout = selfdistill.load(a.data_dir, "heldout")
+  prompts = [r[1:1 + max(int(r[0]), 16)].tolist() for r in heldout[:a.eval_prompts]]
+  if len(prompts) < a.eval_prompts:
+    raise SystemExit(f"{a.data_dir}: {len(prompts)} held-out sequences, --eval_prompts "
+                     f"{a.eval_prompts} asked for")
+  os.makedirs(os.path.join(a.out, "eval"), exist_ok=True)
+  out = {}
+  for run, export in drafters.items():
+    path = os.path.join(a.out, "eval", f"{run}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        out[run] = json.load(f)
+      continue
+    t0 = time.time()
+    drafter = load_eagle3(export, cfg)
+    dr, dp = Eagle3EngineDrafter(drafter.cfg), Eagle3EngineDrafter.bind(drafter, params)
+    res = {}
+    for name, s in settings(a).items():
+      ds = runner.DecodeSettings(
+          window=s["window"], max_new_tokens=a.max_new_tokens, batch_size=a.eval_batch,
+          sp=sampling.SamplingParams(temperature=s["temperature"]), seed=0,
+          tree=TreeSpec(*s["tree"]) if s["tree"] else None)
+      r = runner.decode(cfg, params, prompts, ds, drafter=dr, drafter_params=dp, desc=name,
+                        progress=False)
+      res[name] = {"accepted": [sum(x.accept_lengths) for x in r],
+                   "steps": [len(x.accept_lengths) for x in r]}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(res, f)
+    os.replace(tmp, path)
+    out[run] = res
+    print(f"evaluated {run} in {time.time() - t0:.0f} s: " + ", ".join(
+        f"{n} {sum(v['accepted']) / sum(v['steps']):.3f}" for n, v in res.items()), flush=True)
+  return out
+
+
+def bootstrap(evals: dict, groups: dict[str, list[str]], setting: str, reps: int, seed: int = 0):
+  """tau per arm (mean over its seeds of total accepted / total steps) with a 95% interval, and
+  each arm's difference to the baseline; prompts resampled once per replicate for all arms
+  (paired), seeds resampled within each arm."""
+  rng = np.random.RandomState(seed)
+  n = len(next(iter(evals.values()))[setting]["steps"])
+  acc = {r: np.asarray(e[setting]["accepted"], np.float64) for r, e in evals.items()}
+  stp = {r: np.asarray(e[setting]["steps"], np.float64) for r, e in evals.items()}
+
+  def tau(runs, idx, pick):
+    return np.mean([acc[runs[j]][idx].sum() / stp[runs[j]][idx].sum() for j in pick])
+
+  point = {g: tau(runs, np.arange(n), range(len(runs))) for g, runs in groups.items()}
+  draws = {g: np.empty(reps) for g in groups}
+  for b in range(reps):
+    idx = rng.randint(0, n, n)
+    for g, runs in groups.items():
+      draws[g][b] = tau(runs, idx, rng.randint(0, len(runs), len(runs)))
+  out = {}
+  for g, runs in groups.items():
+    seeds = [acc[r].sum() / stp[r].sum() for r in runs]
+    row = {"tau": point[g], "ci": list(np.percentile(draws[g], [2.5, 97.5])), "seeds": len(runs),
+           "seed_std": float(np.std(seeds, ddof=1)) if len(runs) > 1 else 0.0}
+    if BASELINE in groups and g != BASELINE:
+      d = draws[g] - draws[BASELINE]
+      rel = draws[g] / draws[BASELINE] - 1
+      row["diff"] = point[g] - point[BASELINE]
+      row["diff_ci"] = list(np.percentile(d, [2.5, 97.5]))
+      row["rel"] = point[g] / point[BASELINE] - 1
+      row["rel_ci"] = list(np.percentile(rel, [2.5, 97.5]))
+    out[g] = row
+  return out
+
+
+def table(stats: dict, order: list[str], settings_: list[str]) -> str:
+  lines = []
+  for s in settings_:
+    lines += [f"**{s}**", "", "| drafter | seeds | tau [95% CI] | vs token-level [95% CI] |",
+              "| --- | --- | --- | --- |"]
+    for g in order:
+      r = stats[s].get(g)
+      if r is None:
+        continue
+      cell = f"{r['tau']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+      diff = "" if "diff" not in r else (
+          f"{r['diff']:+.3f} ({100 * r['rel']:+.1f}%) [{100 * r['rel_ci'][0]:+.1f}%, "
+          f"{100 * r['rel_ci'][1]:+.1f}%]" + (" *" if r['rel_ci'][0] > 0 or r['rel_ci'][1] < 0
+                                               else ""))
+      lines.append(f"| {g} | {r['seeds']} | {cell} | {diff} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def plot_tau(stats, order, settings_, path):
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
-
-  names = sorted(results, key=lambda n: n != "start")
-  fig = Figure(figsize=(13, 4.5))
+  fig = Figure(figsize=(3.2 * len(settings_), 4.2))
   FigureCanvasAgg(fig)
-  ax1, ax2 = fig.subplots(1, 2)
-  x = range(len(names))
-  for i, (k, label) in enumerate((("tau_k6", "K=6"), ("tau_k10", "K=10"))):
-    ax1.bar([j + 0.4 * i for j in x], [results[n][k] for n in names], width=0.4, label=label)
-  ax1.set_xticks([j + 0.2 for j in x], names, rotation=25, ha="right", fontsize=8)
-  lo = min(min(r["tau_k6"], r["tau_k10"]) for r in results.values())
-  ax1.set_ylim(lo - 0.3, None)
-  ax1.set_ylabel("greedy tau on held-out prompts")
-  ax1.legend()
-  for name in names:
-    path = os.path.join(out_dir, _slug(name), "metrics.jsonl")
-    if not os.path.exists(path):
-      continue
-    with open(path) as f:
-      rows = [r for r in map(json.loads, f) if "rollout_tau" in r]
-    if rows:
-      ax2.plot([r["step"] for r in rows], [r["rollout_tau"] for r in rows], label=name, lw=0.8)
-  ax2.set_xlabel("step")
-  ax2.set_ylabel("rollout tau (sampled windows)")
-  ax2.legend(fontsize=8)
+  axes = fig.subplots(1, len(settings_), squeeze=False)[0]
+  for ax, s in zip(axes, settings_):
+    names = [g for g in order if g in stats[s]]
+    y = [stats[s][g]["tau"] for g in names]
+    err = np.array([[stats[s][g]["tau"] - stats[s][g]["ci"][0],
+                     stats[s][g]["ci"][1] - stats[s][g]["tau"]] for g in names]).T
+    ax.errorbar(range(len(names)), y, yerr=err, fmt="o", capsize=3)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_title(s, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+  axes[0].set_ylabel("tau (95% CI: prompts x seeds)")
   fig.tight_layout()
-  fig.savefig(os.path.join(out_dir, "plots.png"), dpi=110)
+  fig.savefig(path, dpi=110)
 
 
-def _slug(name):
-  return name.replace(" ", "_").replace("/", "").replace("+", "plus_")
+DIAG = [("zero_var_groups", "groups with zero reward variance"),
+        (("reward_p10", "reward_p50", "reward_p90"), "reward p10 / p50 / p90"),
+        (("adv_abs_p10", "adv_abs_p50", "adv_abs_p90"), "|advantage| p10 / p50 / p90"),
+        ("k_hist", "accepted length of rollouts (share)"),
+        (("window_score_p50", "window_score_p90", "window_score_selected"),
+         "window score: candidates p50 / p90, selected mean"),
+        ("kl", "KL(target || drafter) on windows"),
+        ("clip_fraction", "policy-ratio clip fraction"),
+        ("rollout_tau", "rollout tau")]
+
+
+def plot_diagnostics(out_dir, runs: dict[str, str], path):
+  """Per-step signal diagnostics of each PPOW arm (first seed), from its metrics.jsonl."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(16, 7.5))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(2, 4).ravel()
+  for name, workdir in runs.items():
+    p = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(p):
+      continue
+    with open(p) as f:
+      rows = [r for r in map(json.loads, f) if "zero_var_groups" in r]
+    steps = [r["step"] for r in rows]
+    for ax, (key, title) in zip(axes, DIAG):
+      ax.set_title(title, fontsize=9)
+      if key == "k_hist":
+        h = np.array([r["k_hist"] for r in rows])
+        if name == "PPOW" and len(h):
+          ax.stackplot(steps, h.T, labels=[f"k={i}" for i in range(h.shape[1])])
+          ax.legend(fontsize=5, ncol=2, loc="upper right")
+        continue
+      for j, kk in enumerate(key if isinstance(key, tuple) else (key,)):
+        ax.plot(steps, [r[kk] for r in rows], lw=0.7, ls=("-", "--", ":")[j],
+                label=name if j == 0 else None,
+                color=f"C{list(runs).index(name)}")
+  axes[0].legend(fontsize=7)
+  for ax in axes:
+    ax.set_xlabel("step", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
 
 
 def main():
@@ -81,81 +280,68 @@ def main():
   ap.add_argument("--target", required=True)
   ap.add_argument("--start", required=True, help="token-level drafter export to start from")
   ap.add_argument("--data_dir", required=True, help="self-distillation data of the start run")
-  ap.add_argument("--minutes", type=float, default=10.0)
-  ap.add_argument("--out", required=True)
-  ap.add_argument("--parallel", type=int, default=2)
-  ap.add_argument("--seq_len", type=int, default=128)
-  ap.add_argument("--ppow_args", default="")
+  ap.add_argument("--num_samples", type=int, default=4608, help="as the start run's data")
+  ap.add_argument("--num_heldout", type=int, default=512, help="as the start run's data")
+  ap.add_argument("--cpu_minutes", type=float, default=4.0, help="training budget of every run")
+  ap.add_argument("--seeds", type=int, default=5, help="seeds of the main arms")
+  ap.add_argument("--ablation_seeds", type=int, default=3)
+  ap.add_argument("--parallel", type=int, default=2, help="training runs at a time")
+  ap.add_argument("--sft_lr", type=float, default=1e-4)
   ap.add_argument("--sft_args", default="")
-  ap.add_argument("--skip", default="", help="comma-separated run names to leave out")
+  ap.add_argument("--ppow_args", default="")
   ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
-                  help='an extra PPOW run, e.g. "anchor all=--config.ppow.anchor_tokens=all"')
-  ap.add_argument("--eval_prompts", type=int, default=32, help="held-out prompts to measure on")
-  ap.add_argument("--plot_only", action="store_true", help="redraw OUT/plots.png from OUT")
+                  help='an extra PPOW arm (ablation seeds), e.g. "G16=--config.ppow.group_size=16"')
+  ap.add_argument("--skip", default="", help="comma-separated arms to leave out")
+  ap.add_argument("--eval_prompts", type=int, default=512)
+  ap.add_argument("--eval_batch", type=int, default=64)
+  ap.add_argument("--max_new_tokens", type=int, default=112)
+  ap.add_argument("--windows", default="4,6,10")
+  ap.add_argument("--tree", default="6,4,24", help="depth,topk,num_nodes of the tree row")
+  ap.add_argument("--bootstrap", type=int, default=2000)
+  ap.add_argument("--out", required=True)
   a = ap.parse_args()
-  if a.plot_only:
-    with open(os.path.join(a.out, "results.json")) as f:
-      plot(a.out, json.load(f)["results"])
-    return
+  a.windows = [int(k) for k in a.windows.split(",")]
   os.makedirs(a.out, exist_ok=True)
-  secs = str(a.minutes * 60)
-  common = [f"--config.target.path={os.path.abspath(a.target)}",
-            f"--config.data.dir={os.path.abspath(a.data_dir)}",
-            f"--config.drafter.init_from={os.path.abspath(a.start)}",
-            f"--config.data.seq_len={a.seq_len}", f"--config.data.max_new_tokens={a.seq_len - 1}",
-            "--config.eval.windows=(6,10)", "--config.eval.max_new_tokens=96",
-            f"--config.eval.num_prompts={a.eval_prompts}"]
-  budget = ["--config.train.num_steps=100000", f"--config.train.max_seconds={secs}",
-            "--config.train.checkpoint_every=1000"]
-  ppow = ["configs/ppow.py", [*common, *budget, *shlex.split(a.ppow_args)]]
-  sft = ["configs/sft.py", [*common, *budget, "--config.optim.warmup_steps=10",
-                            "--config.optim.learning_rate=1e-3", *shlex.split(a.sft_args)]]
-  # +token-level and +PPOW start together, so they share the CPU alike.
-  jobs = [
-      ("+token-level", sft[0], sft[1]),
-      ("+PPOW", ppow[0], ppow[1]),
-      ("start", "configs/sft.py", [*common, "--config.train.num_steps=0"]),
-      ("PPOW w/o R_dist", ppow[0], [*ppow[1], "--config.ppow.use_proximity=False"]),
-      ("PPOW w/o windowing", ppow[0], [*ppow[1], "--config.ppow.windowing=False"]),
-      ("PPOW w/o both", ppow[0], [*ppow[1], "--config.ppow.use_proximity=False",
-                                  "--config.ppow.windowing=False"]),
-  ]
-  for v in a.variant:
-    name, sep, extra = v.partition("=")
-    if not sep or not name.strip():
-      ap.error(f"--variant {v!r}: expected NAME=ARGS")
-    jobs.append((name.strip(), ppow[0], [*ppow[1], *shlex.split(extra)]))
-  skip = {x.strip() for x in a.skip.split(",") if x.strip()}
-  jobs = [j for j in jobs if j[0] not in skip]
-  order = [j[0] for j in sorted(jobs, key=lambda j: j[0] != "start")]
+
+  all_arms = arms(a)
+  main_arms = {BASELINE, "token-level LK", "PPOW"}
+  jobs = [(name, seed, *spec) for name, spec in all_arms.items()
+          for seed in range(a.seeds if name in main_arms else a.ablation_seeds)]
+  # Seed-major order: an interrupted study still has every arm at its first seeds.
+  jobs.sort(key=lambda j: (j[1], list(all_arms).index(j[0])))
   results = {}
-
-  def done(name, r):
-    results[name] = r
-    print(f"{name}: tau_k6={r['tau_k6']:.3f} tau_k10={r['tau_k10']:.3f} steps={r['num_steps']}",
-          flush=True)
-
-  # The start's evaluation runs first and alone, so every training run shares the CPU with
-  # training runs only (equal wall-clock budgets mean equal compute).
-  for name, config, args in [j for j in jobs if j[0] == "start"]:
-    done(*run(name, config, os.path.join(a.out, "start"), args, os.path.join(a.out, "start.log")))
   with concurrent.futures.ThreadPoolExecutor(a.parallel) as pool:
-    futs = [pool.submit(run, name, config, os.path.join(a.out, _slug(name)), args,
-                        os.path.join(a.out, f"{_slug(name)}.log"))
-            for name, config, args in jobs if name != "start"]
+    futs = [pool.submit(train_one, *j, a) for j in jobs]
     for f in concurrent.futures.as_completed(futs):
-      done(*f.result())
-  rows = ["| drafter | steps | tau (K=6) | tau (K=10) |", "| --- | --- | --- | --- |"]
-  for name in order:
-    r = results[name]
-    rows.append(f"| {name} | {r['num_steps']} | {r['tau_k6']:.3f} | {r['tau_k10']:.3f} |")
-  table = "\n".join(rows)
+      name, seed, r = f.result()
+      results[slug(name, seed)] = {"arm": name, "seed": seed, "steps": r["num_steps"]}
+
+  drafters = {"start": os.path.abspath(a.start)}
+  drafters.update({k: os.path.join(a.out, "runs", k, "export") for k in sorted(results)})
+  evals = evaluate(a, drafters)
+  groups = {"start": ["start"]}
+  for k, r in results.items():
+    groups.setdefault(r["arm"], []).append(k)
+  order = ["start", *[g for g in all_arms if g in groups]]
+  names = list(settings(a))
+  stats = {s: bootstrap(evals, groups, s, a.bootstrap) for s in names}
+  steps = {g: float(np.mean([results[k]["steps"] for k in runs])) for g, runs in groups.items()
+           if g != "start"}
+  md = table(stats, order, names)
+  md = (f"{len(next(iter(evals.values()))[names[0]]['steps'])} held-out prompts, "
+        f"{a.max_new_tokens} new tokens; {a.cpu_minutes:g} CPU minutes of training per run "
+        f"(mean steps: " + ", ".join(f"{g} {s:.0f}" for g, s in steps.items()) + ")\n"
+        "`*`: the 95% interval of the difference excludes 0.\n\n" + md)
   with open(os.path.join(a.out, "table.md"), "w") as f:
-    f.write(table + "\n")
+    f.write(md)
   with open(os.path.join(a.out, "results.json"), "w") as f:
-    json.dump({"minutes": a.minutes, "results": results}, f, indent=2)
-  plot(a.out, results)
-  print(table)
+    json.dump({"args": {k: v for k, v in vars(a).items()}, "runs": results, "mean_steps": steps,
+               "stats": stats}, f, indent=1)
+  plot_tau(stats, order, names, os.path.join(a.out, "tau.png"))
+  ppow_runs = {g: os.path.join(a.out, "runs", slug(g, 0)) for g in all_arms if "PPOW" in g
+               or g not in (BASELINE, "token-level LK")}
+  plot_diagnostics(a.out, ppow_runs, os.path.join(a.out, "diagnostics.png"))
+  print(md)
 
 
 if __name__ == "__main__":

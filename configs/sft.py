@@ -1,7 +1,7 @@
 """Token-level (EAGLE-3 training-time-test) training of a drafter for a local HF target.
 
   python -m ppow_jax.main --config configs/sft.py --workdir runs/sft \
-    --config.target.path=../shared/models/stories260k
+    --config.target.path=ppow_jax/assets/stories260k
 
 Base LMs (no data.prompts) are self-distilled from sequences the target samples from BOS; with
 --config.data.prompts=FILE the target answers those prompts instead. The drafter is exported to
@@ -53,7 +53,11 @@ def get_config():
       # from the same target forward). Token-level training only: PPOW refuses it.
       loss_on_prompt=False,
       features="online"))  # or "cached": the target's features computed once (data/features.py)
-  c.ttt = ml_collections.ConfigDict(dict(steps=7, decay=0.8))
+  # loss: "ce" (EAGLE-3's soft cross-entropy) or an LK acceptance loss (arXiv 2602.23881):
+  # "lk_alpha" (-log sum_v min(p, q)) or "lk_lambda" (a KL / acceptance blend whose KL weight
+  # lk_kl_scale * exp(-lk_kl_decay * acceptance) fades as acceptance rises; see eagle3/ttt.py).
+  c.ttt = ml_collections.ConfigDict(dict(steps=7, decay=0.8, loss="ce", lk_kl_scale=1.0,
+                                         lk_kl_decay=1.0))
   c.optim = ml_collections.ConfigDict(dict(
       learning_rate=1e-2, warmup_steps=50, final_lr_fraction=0.1, b1=0.9, b2=0.95,
       weight_decay=0.0, grad_clip=1.0))

@@ -297,3 +297,45 @@ def test_ppow_loss_anchor_mask_widens_kl_and_ce_only():
       logp_new, logp_old, adv, mask, d, target, clip_eps=0.2, beta=0.1, aux_coef=0.5,
       anchor_mask=anchor)[0])(draft))
   assert np.all(g[0, 2] != 0.0)  # after window 0's first rejection: anchored all the same
+
+
+# ---------------------------------------------------------------- settings and diagnostics
+
+
+def test_ppow_settings_come_from_the_config_only():
+  """configs/ppow.py sets every PPOWSettings field (they have no defaults of their own)."""
+  import dataclasses
+  from configs import ppow as ppow_config  # noqa: PLC0415
+  from ppow_jax.ppow.step import PPOWSettings
+  c = ppow_config.get_config().ppow
+  s = PPOWSettings.from_config(c)
+  for f in dataclasses.fields(PPOWSettings):
+    assert getattr(s, f.name) == c[f.name], f.name
+  assert PPOWSettings.from_config(c, gamma=0.37).gamma == 0.37
+  with pytest.raises(TypeError):
+    PPOWSettings()  # no silent defaults
+  del c["beta"]
+  with pytest.raises(KeyError, match="beta"):
+    PPOWSettings.from_config(c)
+
+
+def test_signal_diagnostics_counts_flat_groups_and_accepted_lengths():
+  from ppow_jax.ppow.step import signal_diagnostics
+  g, window = 4, 3
+  # Three groups: all-zero rewards (flat), varied, and a masked-out group that is varied.
+  k = jnp.array([0, 0, 0, 0, 1, 3, 0, 2, 3, 3, 3, 0])
+  reward = rewards.speedup_reward(k, 0.12)
+  adv = objective.group_advantages(reward.reshape(-1, g)).reshape(-1)
+  row_ok = jnp.array([True] * 8 + [False] * 4)
+  scores = jnp.array([[0.1, 0.2, 0.3, -1.0], [0.4, 0.5, -1.0, -1.0]])
+  ok = scores > -1
+  picks = jnp.array([[1, 2], [0, 1]])
+  valid = jnp.ones((2, 8), bool)
+  d = jax.jit(signal_diagnostics, static_argnums=(3, 5))(
+      reward, adv, k, window, row_ok, g, scores, ok, picks, valid)
+  assert float(d["zero_var_groups"]) == pytest.approx(0.5)
+  np.testing.assert_allclose(d["k_hist"], [5 / 8, 1 / 8, 1 / 8, 1 / 8], atol=1e-6)
+  assert float(d["reward_p50"]) == pytest.approx(0.0)
+  np.testing.assert_allclose(float(d["window_score_p50"]), 0.3, atol=1e-6)
+  assert float(d["selected_relative_position"]) == pytest.approx((1 + 2 + 0 + 1) / 4 / 8)
+  assert float(d["adv_abs_p90"]) > 0.5  # the varied group's advantages

@@ -75,10 +75,36 @@ def unroll(cfg: e3.Eagle3Config, params: dict, embed: jax.Array, tokens: jax.Arr
   return out
 
 
+LOSSES = ("ce", "lk_alpha", "lk_lambda")
+
+
+def step_objective(ce, accept, m, loss: str, lk_kl_scale: float, lk_kl_decay: float):
+  """One unrolled step's loss from per-slot soft cross-entropy and acceptance sum_v min(p, q).
+
+  "ce": the EAGLE-3 loss (KL to the target up to its entropy). The LK losses (arXiv 2602.23881)
+  aim at acceptance itself: "lk_alpha" = -mean log alpha; "lk_lambda" = w * CE + (1 - w) *
+  (1 - mean alpha) with w = lk_kl_scale * exp(-lk_kl_decay * mean alpha) (no gradient through
+  w), which leans on the KL while acceptance is low and on acceptance once it is high.
+  """
+  denom = jnp.maximum(m.sum(), 1.0)
+  mean = lambda x: jnp.sum(x * m) / denom
+  if loss == "ce":
+    return mean(ce)
+  if loss == "lk_alpha":
+    return -mean(jnp.log(jnp.maximum(accept, 1e-12)))
+  if loss == "lk_lambda":
+    alpha = mean(accept)
+    w = lk_kl_scale * jnp.exp(-lk_kl_decay * jax.lax.stop_gradient(alpha))
+    return w * mean(ce) + (1.0 - w) * (1.0 - alpha)
+  raise ValueError(f"ttt loss {loss!r}: expected one of {LOSSES}")
+
+
 def ttt_loss(cfg: e3.Eagle3Config, params: dict, embed: jax.Array, d2t: jax.Array,
              tokens: jax.Array, aux_hidden, target_logits: jax.Array, loss_mask: jax.Array, *,
-             steps: int, decay: float, draft_logits: bool = False):
-  """Sum over steps of decay**i * soft cross-entropy to the target; per-step loss and top-1 acc.
+             steps: int, decay: float, draft_logits: bool = False, loss: str = "ce",
+             lk_kl_scale: float = 1.0, lk_kl_decay: float = 1.0):
+  """Sum over steps of decay**i * the step objective (`step_objective`: soft cross-entropy to
+  the target, or an LK acceptance loss); per-step objective, top-1 accuracy and acceptance.
 
   target_logits [B, T, V], or [B, T, Vd] already restricted to the draft vocabulary (in draft
   order) with `draft_logits`; loss_mask [B, T] marks slots whose *target* distribution is
@@ -92,15 +118,18 @@ def ttt_loss(cfg: e3.Eagle3Config, params: dict, embed: jax.Array, d2t: jax.Arra
   p_t = jax.nn.softmax(tgt, axis=-1)
   best = jnp.argmax(tgt, axis=-1)
   base = jnp.pad(loss_mask[:, 1:], ((0, 0), (0, 1)))[:, :t - 1]
-  total, losses, accs = 0.0, [], []
+  total, losses, accs, accepts = 0.0, [], [], []
   for i, logits in enumerate(unroll(cfg, params, embed, tokens, aux_hidden, steps)):
     m = (base & (jnp.arange(t - 1) >= i)[None]).astype(jnp.float32)
     logq = jax.nn.log_softmax(logits[:, :-1], axis=-1)
     ce = -jnp.sum(p_t * logq, axis=-1)
+    accept = jnp.sum(jnp.minimum(p_t, jnp.exp(logq)), axis=-1)
     denom = jnp.maximum(m.sum(), 1.0)
-    loss_i = jnp.sum(ce * m) / denom
+    loss_i = step_objective(ce, accept, m, loss, lk_kl_scale, lk_kl_decay)
     acc_i = jnp.sum((jnp.argmax(logq, -1) == best) * m) / denom
     total = total + decay ** i * loss_i
     losses.append(loss_i)
     accs.append(acc_i)
-  return total, {"step_loss": jnp.stack(losses), "step_acc": jnp.stack(accs)}
+    accepts.append(jax.lax.stop_gradient(jnp.sum(accept * m) / denom))
+  return total, {"step_loss": jnp.stack(losses), "step_acc": jnp.stack(accs),
+                 "step_accept": jnp.stack(accepts)}

@@ -16,15 +16,7 @@ from ppow_jax.user_errors import ConfigValueError
 
 
 def settings_from_config(config) -> PPOWSettings:
-  p = config.ppow
-  return PPOWSettings(
-      window=p.window, group_size=p.group_size, prefixes_per_seq=p.prefixes_per_seq,
-      min_prefix=p.min_prefix, gamma=p.gamma, eta=p.eta, epsilon=p.epsilon,
-      use_proximity=p.use_proximity, windowing=p.windowing, windowing_mode=p.windowing_mode,
-      windowing_start=p.windowing_start, clip_eps=p.clip_eps, beta=p.beta, aux_coef=p.aux_coef,
-      loss_tokens=p.loss_tokens, anchor_tokens=p.anchor_tokens,
-      aux_loss=p.aux_loss, ttt_steps=p.ttt_steps, ttt_decay=p.ttt_decay,
-      ppo_epochs=p.ppo_epochs, temperature=p.temperature)
+  return PPOWSettings.from_config(config.ppow)
 
 
 def run(config, workdir: str):
@@ -32,10 +24,9 @@ def run(config, workdir: str):
     raise ConfigValueError("config.drafter.init_from is empty: PPOW starts from a token-level "
                            "drafter (an SFT run's export/ directory or an imported EAGLE-3 "
                            "checkpoint)")
-  drafter_run.start_up(config)
-  target = drafter_run.load_target(config)
+  target, start = drafter_run.prepare_start(config, workdir)  # init_from checked before the data
   train, heldout = drafter_run.prepare_data(config, target, workdir)
-  drafter = drafter_run.init_drafter(config, target, train)
+  drafter = drafter_run.init_drafter(config, target, train, start)
   s = settings_from_config(config)
   t = config.train
   data = SequenceData(train, seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed)

@@ -37,7 +37,8 @@ def draft_vocab_logits(target_params, last_hidden, d2t):
 
 
 def make_train_step(tcfg, dcfg, optimizer, *, steps: int, decay: float,
-                    compute_dtype: str = "float32"):
+                    compute_dtype: str = "float32", loss: str = "ce", lk_kl_scale: float = 1.0,
+                    lk_kl_decay: float = 1.0):
   """(state, target_params, d2t, batch, rng) -> (state, metrics); pure, jitted by the caller.
 
   compute_dtype "bfloat16" runs the drafter's matmuls in bfloat16 (weights and Adam moments
@@ -57,7 +58,8 @@ def make_train_step(tcfg, dcfg, optimizer, *, steps: int, decay: float,
         params = jax.tree.map(lambda x: x.astype(ccfg.jnp_dtype), params)
       return ttt.ttt_loss(ccfg, params, target_params["embed"], d2t, batch["tokens"], aux,
                           tlogits, batch["loss_mask"], steps=steps, decay=decay,
-                          draft_logits=True)
+                          draft_logits=True, loss=loss, lk_kl_scale=lk_kl_scale,
+                          lk_kl_decay=lk_kl_decay)
 
     (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -69,10 +71,9 @@ def make_train_step(tcfg, dcfg, optimizer, *, steps: int, decay: float,
 
 
 def run(config, workdir: str):
-  drafter_run.start_up(config)
-  target = drafter_run.load_target(config)
+  target, start = drafter_run.prepare_start(config, workdir)
   train, heldout = drafter_run.prepare_data(config, target, workdir)
-  drafter = drafter_run.init_drafter(config, target, train)
+  drafter = drafter_run.init_drafter(config, target, train, start)
   dcfg = drafter.cfg
   t = config.train
   data = SequenceData(train, seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed,
@@ -83,7 +84,8 @@ def run(config, workdir: str):
 
   make_step = lambda optimizer: make_train_step(
       target.cfg, dcfg, optimizer, steps=config.ttt.steps, decay=config.ttt.decay,
-      compute_dtype=t.get("compute_dtype", "float32"))
+      compute_dtype=t.get("compute_dtype", "float32"), loss=config.ttt.loss,
+      lk_kl_scale=config.ttt.lk_kl_scale, lk_kl_decay=config.ttt.lk_kl_decay)
   fc_scale = None
   if config.drafter.get("feature_scaling"):
     # One measurement serves the fresh fc's initial column scale and its update scale.

@@ -25,30 +25,39 @@ from ppow_jax.ppow import objective, rewards, rollout, windowing
 
 @dataclasses.dataclass(frozen=True)
 class PPOWSettings:
-  window: int = 10  # K
-  group_size: int = 8  # G windows per prefix
-  prefixes_per_seq: int = 2  # M prefixes chosen per sequence
-  min_prefix: int = 1
-  gamma: float = 0.12
-  eta: float = 0.5
-  epsilon: float = 2.0
-  use_proximity: bool = True
-  windowing: bool = True
-  windowing_mode: str = "top"
-  windowing_start: int = 0
-  clip_eps: float = 0.2
-  beta: float = 0.02
-  aux_coef: float = 0.1
-  loss_tokens: str = "through_first_reject"  # policy-gradient tokens
-  anchor_tokens: str = "through_first_reject"  # KL / soft-CE tokens ("all": every window slot)
-  # Token-level auxiliary loss: "window" = soft CE to P_target on the window tokens (anchor
-  # mask); "ttt" = EAGLE-3's training-time-test loss over the batch sequences (ttt_steps unrolled
-  # steps weighted ttt_decay**i), i.e. PPOW as token-level training plus the window-level terms.
-  aux_loss: str = "window"
-  ttt_steps: int = 7
-  ttt_decay: float = 0.8
-  ppo_epochs: int = 1
-  temperature: float = 1.0
+  """The static settings of a PPOW step. No defaults here: configs/ppow.py's `ppow` block is the
+  one place they are set and explained (see `from_config`)."""
+  window: int  # K
+  group_size: int  # G windows per prefix
+  prefixes_per_seq: int  # M prefixes chosen per sequence
+  min_prefix: int
+  gamma: float  # drafter/target step-cost ratio in R_speedup (resolved: never "measure" here)
+  eta: float
+  epsilon: float
+  use_proximity: bool
+  windowing: bool
+  windowing_mode: str
+  windowing_start: int
+  clip_eps: float
+  beta: float
+  aux_coef: float
+  loss_tokens: str  # policy-gradient tokens
+  anchor_tokens: str  # KL / soft-CE tokens
+  aux_loss: str  # "window" (soft CE on window tokens) or "ttt" (EAGLE-3's loss on the batch)
+  ttt_steps: int
+  ttt_decay: float
+  ppo_epochs: int
+  temperature: float
+
+  @classmethod
+  def from_config(cls, ppow_config, **resolved) -> "PPOWSettings":
+    """Every field from the config's `ppow` block by name; `resolved` replaces values the caller
+    worked out (e.g. a measured gamma). A missing field is a config error, not a silent default."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in resolved and n not in ppow_config]
+    if missing:
+      raise KeyError(f"config.ppow lacks {missing}: start from configs/ppow.py")
+    return cls(**{n: resolved[n] if n in resolved else ppow_config[n] for n in names})
 
 
 def candidate_scores(teacher, dp: rollout.DraftPass, d2t, valid, window: int, min_prefix: int):
@@ -80,6 +89,36 @@ def choose_prefixes(rng, scores, ok, m: int, s: PPOWSettings, step):
 
 
 AUX_LOSSES = ("window", "ttt")
+
+
+def signal_diagnostics(reward, adv, k, window, row_ok, group_size, scores, ok, picks, valid):
+  """Whether a step carries a learning signal (all [rows] over rows = groups x G, masked by
+  row_ok): the share of groups whose rewards are all equal (zero advantage: no policy
+  gradient), reward / |advantage| quantiles, the rollouts' accepted-length histogram [K+1], the
+  candidate window scores' quantiles and where in the sequence the chosen prefixes sit."""
+  okf = row_ok.astype(jnp.float32)
+  n_ok = jnp.maximum(okf.sum(), 1.0)
+  grouped = reward.reshape(-1, group_size)
+  group_ok = row_ok.reshape(-1, group_size)[:, 0]
+  flat = (jnp.max(grouped, -1) - jnp.min(grouped, -1)) < 1e-6
+  zero_var = jnp.sum(flat & group_ok) / jnp.maximum(group_ok.sum(), 1)
+  masked = lambda x: jnp.where(row_ok, x, jnp.nan)
+  q = jnp.array([0.1, 0.5, 0.9])
+  r_q = jnp.nanquantile(masked(reward), q)
+  a_q = jnp.nanquantile(masked(jnp.abs(adv)), q)
+  hist = jnp.sum(jax.nn.one_hot(k, window + 1) * okf[:, None], 0) / n_ok
+  s_q = jnp.nanquantile(jnp.where(ok, scores, jnp.nan), q)
+  length = jnp.maximum(jnp.sum(valid, axis=1, keepdims=True), 1)
+  rel_pos = jnp.mean(picks / length)
+  return {
+      "zero_var_groups": zero_var,
+      "reward_p10": r_q[0], "reward_p50": r_q[1], "reward_p90": r_q[2],
+      "reward_std": jnp.sqrt(jnp.sum(okf * (reward - jnp.sum(reward * okf) / n_ok) ** 2) / n_ok),
+      "adv_abs_p10": a_q[0], "adv_abs_p50": a_q[1], "adv_abs_p90": a_q[2],
+      "k_hist": hist,
+      "window_score_p10": s_q[0], "window_score_p50": s_q[1], "window_score_p90": s_q[2],
+      "selected_relative_position": rel_pos,
+  }
 
 
 def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
@@ -157,6 +196,7 @@ def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
         "window_score_mean": jnp.sum(jnp.where(ok, scores, 0)) / jnp.maximum(ok.sum(), 1),
         "window_score_max": jnp.max(jnp.where(ok, scores, -jnp.inf)),
         "valid_windows": okf.mean(),
+        **signal_diagnostics(reward, adv, k, k_win, row_ok, g, scores, ok, picks, batch["valid"]),
     }
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
     return new_state, metrics

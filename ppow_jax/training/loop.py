@@ -52,6 +52,8 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
   max_seconds > 0 also stops after that much wall-clock time (checkpointing the last step), for
   comparisons at equal training time; max_cpu_seconds > 0 after that much CPU time of this
   process (all threads, user + system: a budget that other jobs on the machine do not eat).
+  Both count from the end of the first step, so compilation (longer for PPOW's step than for
+  the token-level one) is not charged to either side of a comparison.
   Each step's metrics carry its wall `step_time` and `step_cpu_time`.
 
   step_fn(state, *const_args, batch, rng) -> (state, metrics). Returns the final state.
@@ -86,6 +88,8 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
     check_finite(step + 1, float(metrics["loss"]), ckpt.latest_step(), bool(finite))
     metrics["step_time"] = time.perf_counter() - t0
     metrics["step_cpu_time"] = time.process_time() - c0
+    if step == start:  # the budgets start after the compiling first step
+      t_start, cpu_start = time.perf_counter(), time.process_time()
     if lead and ((step + 1) % log_every == 0 or step + 1 == num_steps):
       writer.write(step + 1, metrics)
     bar.set_postfix(" ".join(f"{k}={float(metrics[k]):.3f}" for k in postfix))
