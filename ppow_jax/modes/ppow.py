@@ -9,14 +9,39 @@ the target. Writes workdir/export, metrics.jsonl, tensorboard/ and eval.json.
 
 from __future__ import annotations
 
+import json
+import os
+
+from ppow_jax import run_files
 from ppow_jax.data.selfdistill import SequenceData
+from ppow_jax.decoding import step_cost
+from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
 from ppow_jax.ppow.step import PPOWSettings, make_ppow_step
 from ppow_jax.training import drafter_run
 from ppow_jax.user_errors import ConfigValueError
 
 
-def settings_from_config(config) -> PPOWSettings:
-  return PPOWSettings.from_config(config.ppow)
+def settings_from_config(config, gamma: float | None = None) -> PPOWSettings:
+  """configs/ppow.py's `ppow` block as step settings (`gamma` overrides a measured value)."""
+  return PPOWSettings.from_config(config.ppow, **({} if gamma is None else {"gamma": gamma}))
+
+
+def resolve_gamma(config, target, drafter, workdir: str) -> float:
+  """ppow.gamma, or with ppow.measure_gamma the drafter/target step-cost ratio timed here
+  (written to workdir/gamma.json)."""
+  if not config.ppow.measure_gamma:
+    return config.ppow.gamma
+  path = os.path.join(workdir, "gamma.json")
+  if os.path.exists(path):  # a resumed run keeps the reward it started with
+    with open(path) as f:
+      return json.load(f)["gamma"]
+  params = target.params()
+  m = step_cost.measure_gamma(target.cfg, params, Eagle3EngineDrafter(drafter.cfg),
+                              Eagle3EngineDrafter.bind(drafter, params))
+  run_files.write_json(path, m)
+  print(f"ppow: gamma {m['gamma']:.3f} measured on this machine (a draft token "
+        f"{m['draft_token_ms']:.3f} ms / a target step {m['target_ms']:.3f} ms)")
+  return m["gamma"]
 
 
 def run(config, workdir: str):
@@ -27,7 +52,7 @@ def run(config, workdir: str):
   target, start = drafter_run.prepare_start(config, workdir)  # init_from checked before the data
   train, heldout = drafter_run.prepare_data(config, target, workdir)
   drafter = drafter_run.init_drafter(config, target, train, start)
-  s = settings_from_config(config)
+  s = settings_from_config(config, resolve_gamma(config, target, drafter, workdir))
   t = config.train
   data = SequenceData(train, seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed)
   capacity = config.data.seq_len + s.window + 2

@@ -1,0 +1,80 @@
+"""The drafter/target step-cost ratio gamma of PPOW's speedup reward, measured on this machine.
+
+R_speedup = k / (k * gamma + 1) charges each accepted token one drafter step in units of one
+target step. gamma = (marginal cost of one more draft token in the engine's `propose`) / (one
+cached 1-token target forward), both jitted as the engine runs them (decode-layout weights, a
+cache filled to `context` slots, batch 1) and timed in interleaved rounds (median).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from ppow_jax.decoding import sampling
+from ppow_jax.decoding.drafter import DraftContext
+from ppow_jax.models import transformer
+from ppow_jax.models.kv_cache import KVCache
+
+
+def _target_loop(cfg, params, cache, width: int, inner: int, fill: int):
+  @jax.jit
+  def loop(p, x, c):
+    def body(_, carry):
+      x, c = carry
+      out = transformer.forward(cfg, p, x, cache=c.with_lengths(jnp.full((1,), fill, jnp.int32)))
+      return (x + jnp.argmax(out.logits[:, -1:], -1).astype(x.dtype)) % cfg.vocab_size, out.cache
+    return jax.lax.fori_loop(0, inner, body, (x, c))[0]
+
+  x = jnp.ones((1, width), jnp.int32)
+  return lambda: loop(params, x, cache)
+
+
+def _propose_loop(drafter, dparams, dstate, ctx, window: int, inner: int):
+  sp = sampling.SamplingParams()
+
+  @jax.jit
+  def loop(dp, st, c):
+    def body(i, acc):
+      _, toks, _ = drafter.propose(dp, st, c._replace(buf=c.buf + acc), jax.random.key(i), window,
+                                   sp)
+      return acc + toks[:, :1] % 2  # a data dependence, so no call is skipped
+    return jax.lax.fori_loop(0, inner, body, jnp.zeros((1, 1), jnp.int32))
+
+  return lambda: loop(dparams, dstate, ctx)
+
+
+def measure_gamma(cfg, params, drafter, dparams, *, context: int = 64, windows=(1, 5),
+                  inner: int = 10, repeats: int = 5) -> dict:
+  """{"gamma", "target_ms", "draft_token_ms"}: the ratio and the two costs it is made of."""
+  params = transformer.unstack(params)
+  k1, k2 = windows
+  cap = context + k2 + 4
+  prompt = jnp.ones((1, context), jnp.int32)
+  cache = KVCache.init(cfg, 1, cap, per_layer=transformer.is_unstacked(params))
+  out = transformer.forward(cfg, params, prompt, cache=cache,
+                            hidden_layers=drafter.target_hidden_layers, return_logits=False)
+  dstate = drafter.prefill(dparams, drafter.init_state(dparams, 1, cap), prompt,
+                           jnp.full((1,), context - 1, jnp.int32), out.hidden)
+  pos = jnp.full((1,), context - 1, jnp.int32)
+  buf = jnp.ones((1, cap), jnp.int32)
+  thunks = {"target": _target_loop(cfg, params, out.cache, 1, inner, context)}
+  for k in windows:
+    hidden = tuple(jnp.zeros((1, k + 1, h.shape[-1]), h.dtype) for h in out.hidden)
+    ctx = DraftContext(buf=buf, pos=pos, fresh_start=pos - 1, target_hidden=hidden)
+    thunks[k] = _propose_loop(drafter, dparams, dstate, ctx, k, inner)
+  for fn in thunks.values():
+    jax.block_until_ready(fn())  # compile
+  times = {n: [] for n in thunks}
+  for _ in range(repeats):
+    for n, fn in thunks.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[n].append((time.perf_counter() - t0) / inner)
+  med = {n: statistics.median(t) for n, t in times.items()}
+  draft_token = max(med[k2] - med[k1], 0.0) / (k2 - k1)
+  return {"gamma": draft_token / med["target"], "target_ms": med["target"] * 1e3,
+          "draft_token_ms": draft_token * 1e3}
