@@ -3,8 +3,8 @@
 Two places fail for the user: absl's flag parsing (an unknown `--config.a.b` key, a bad value, a
 missing config file), which runs before `main`, and the mode itself (`user_errors.UserError`,
 FileNotFoundError). Both print `error: <what, naming the field/file/value>` on stderr and exit
-with status 2; anything else keeps its traceback. `--debug` or PPOW_DEBUG=1 shows tracebacks for
-all.
+with status 2. Ctrl-C (SIGINT) and SIGTERM print one line and exit with 130 / 143. Anything else
+keeps its traceback. `--debug` or PPOW_DEBUG=1 shows tracebacks for all.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import difflib
 import importlib.util
 import os
 import re
+import signal
 import sys
 
 from absl import flags
@@ -40,12 +41,34 @@ def fail(message: str):
   sys.exit(user_errors.EXIT_STATUS)
 
 
+class Terminated(KeyboardInterrupt):
+  """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so both unwind alike."""
+
+
+def _raise_terminated(signum, frame):
+  del signum, frame
+  raise Terminated()
+
+
+INTERRUPTED = ("interrupted ({signal}): finished work is kept (training checkpoints, decoded "
+               "batches); rerun the same command to resume")
+
+
 def run_main(main_fn):
-  """Wraps absl's `main(argv)`: user errors become one line and exit status 2."""
+  """Wraps absl's `main(argv)`: user errors become one line and exit status 2; Ctrl-C (SIGINT)
+  and SIGTERM one line and status 130 / 143 (128 + the signal, as a shell reports it)."""
 
   def wrapped(argv):
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
       return main_fn(argv)
+    except KeyboardInterrupt as e:
+      if debug_requested():
+        raise
+      sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
+      sys.stdout.flush()
+      print(INTERRUPTED.format(signal=sig.name), file=sys.stderr, flush=True)
+      sys.exit(128 + sig)
     except Exception as e:  # noqa: BLE001 -- re-raised unless it is the user's to fix
       if debug_requested() or not user_errors.is_user_error(e):
         raise

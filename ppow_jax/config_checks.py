@@ -10,6 +10,7 @@ modes once they have loaded it, before decoding or training.
 
 from __future__ import annotations
 
+import math
 import os
 
 from ppow_jax.user_errors import ConfigValueError
@@ -56,21 +57,22 @@ class Fields:
 
   def number(self, name: str, minimum: float | None = None, maximum: float | None = None, *,
              above: bool = False, below: bool = False):
-    """A number >= minimum (> with `above`) and <= maximum (< with `below`)."""
+    """A finite number >= minimum (> with `above`) and <= maximum (< with `below`)."""
     if name not in self.config:
       return
     v = self.config[name]
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # NaN fails
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     if ok and minimum is not None:
       ok = v > minimum if above else v >= minimum
     if ok and maximum is not None:
       ok = v < maximum if below else v <= maximum
     if ok:
       return
+    kind = "a finite number" if isinstance(v, float) and not math.isfinite(v) else "a number"
     if maximum is None:
-      self.fail(name, f"must be a number {'>' if above else '>='} {minimum}")
+      self.fail(name, f"must be {kind} {'>' if above else '>='} {minimum}")
     lo, hi = "(" if above else "[", ")" if below else "]"
-    self.fail(name, f"must be a number in {lo}{minimum}, {maximum}{hi}")
+    self.fail(name, f"must be {kind} in {lo}{minimum}, {maximum}{hi}")
 
   def bool(self, name: str):
     if name in self.config and not isinstance(self.config[name], bool):
@@ -119,6 +121,32 @@ def check(config):
   f.int("seed", 0)
   {"decode": _decode, "sft": _sft, "ppow": _ppow, "eval": _eval, "pipeline": _pipeline,
    "dryrun": _dryrun, "convert": _convert}[config.mode](f)
+
+
+def usable_dir(path: str, field: str, role: str, *, make: bool = False):
+  """Checks that `path`, a directory the run writes (`role`, e.g. "the run directory"), is one or
+  can be made (with `make`, makes it); a ConfigValueError names `field` when it is a file, lies
+  under a file, or cannot be written or made."""
+  path = os.path.expanduser(path)
+  if os.path.isdir(path):
+    if not os.access(path, os.W_OK | os.X_OK):
+      raise ConfigValueError(f"{field}={path}: {role} is not writable")
+    return
+  if os.path.lexists(path):
+    raise ConfigValueError(f"{field}={path}: {role} is a file, not a directory")
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ConfigValueError(f"{field}={path}: {role} cannot be made: {parent} is a file, not a "
+                           "directory")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ConfigValueError(f"{field}={path}: {role} cannot be made: {parent} is not writable")
+  if make:
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as e:
+      raise ConfigValueError(f"{field}={path}: {role} cannot be made ({e.strerror or e})") from None
 
 
 # --- shared sections -------------------------------------------------------------------------
@@ -176,6 +204,10 @@ def _decode(f: Fields):
   s.int("max_new_tokens", 1)
   s.int("batch_size", 1)
   _sampling(s)
+  from ppow_jax.decoding import tree as draft_tree
+  if draft_tree.parse(f"{s.prefix}.tree", s.config.get("tree", "")) is not None and not (
+      dr is not None and dr.config.get("path")):
+    s.fail("tree", "needs a drafter: config.drafter.path is empty")
 
 
 def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False):
@@ -198,6 +230,8 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
   if d is not None:
     if not in_pipeline:
       d.files("prompts")
+      if d.config.get("dir"):
+        usable_dir(d["dir"], f"{d.prefix}.dir", "the data directory")
     d.files("exclude")
     d.int("synthesize", 0)
     syn = d.section("synthesis")
@@ -227,6 +261,10 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
   if t is not None:
     t.int("steps", 1)
     t.number("decay", 0.0, above=True)
+    from ppow_jax.eagle3.ttt import LOSSES
+    t.choice("loss", LOSSES)
+    t.number("lk_kl_scale", 0.0, 1.0)
+    t.number("lk_kl_decay", 0.0)
   o = f.section("optim")
   if o is not None:
     o.number("learning_rate", 0.0, above=True)
@@ -289,6 +327,7 @@ def _ppow(f: Fields, in_pipeline: bool = False):
   p.int("min_prefix", 1)
   for name in ("gamma", "eta", "epsilon", "beta", "aux_coef"):
     p.number(name, 0.0)
+  p.bool("measure_gamma")
   p.bool("use_proximity")
   p.bool("windowing")
   p.choice("windowing_mode", SELECTION_MODES)
@@ -336,6 +375,8 @@ def _pipeline(f: Fields):
   from ppow_jax.models import registry
   source = f.config.target.get("source", "toy")
   f.section("target").choice("source", ["toy", *registry.KNOWN])
+  if source != "toy" and not f.config.target.get("path"):
+    _model_cache(None)
   if not f.config.target.get("path") and source == "toy":
     tl = f.section("target_lm")
     for name in ("corpus_bytes", "vocab_size", "hidden_size", "intermediate_size", "num_layers",
@@ -398,3 +439,17 @@ def _convert(f: Fields):
       f.fail("source", f"must be a .gguf file or one of {', '.join(registry.KNOWN)}")
     f.path("source", "file")
   f.choice("dtype", gguf_import.DTYPES)
+  if src in registry.KNOWN:
+    _model_cache(f.config.get("cache_dir"))
+
+
+def _model_cache(cache_dir: str | None):
+  """The cache a registry model is fetched into: config.cache_dir, $PPOW_JAX_CACHE or the
+  default, named as the user set it."""
+  from ppow_jax.models import registry
+  if cache_dir:
+    usable_dir(cache_dir, "config.cache_dir", "the model cache")
+  else:
+    field = ("PPOW_JAX_CACHE" if os.environ.get("PPOW_JAX_CACHE")
+             else "the default model cache (config.cache_dir and $PPOW_JAX_CACHE unset)")
+    usable_dir(registry.default_cache_dir(), field, "the model cache")

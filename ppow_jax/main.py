@@ -7,7 +7,6 @@ value is checked before any work starts (`config_checks`); a mistake the user ca
 line on stderr and exit status 2 (`cli`); --debug (or PPOW_DEBUG=1) shows tracebacks for all.
 """
 
-import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Never reach for a hub at run time.
@@ -38,13 +37,18 @@ def main(argv):
     raise config_checks.ConfigValueError(
         "no --workdir given and the config sets no `workdir`: pass --workdir DIR")
   config_checks.check(config)
-  os.makedirs(workdir, exist_ok=True)
+  config_checks.usable_dir(workdir, "--workdir" if _WORKDIR.value else "config.workdir",
+                           "the run directory", make=True)
   logging.info("mode=%s workdir=%s", config.mode, workdir)
-  # The resolved config (file + overrides), so every number in the workdir can be reproduced.
-  run_files.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  # The resolved config (file + overrides), so every number in the workdir can be reproduced. An
+  # earlier run's config.json is replaced only once this run has passed its checks: the modes
+  # record it then (before their expensive work), and every finished run records it here.
+  if not os.path.exists(os.path.join(workdir, "config.json")):
+    run_files.record_config(workdir, config)
   import importlib  # Import the mode lazily: each pulls in only what it needs.
   module = importlib.import_module(f"ppow_jax.modes.{config.mode}")
   module.run(config, workdir)
+  run_files.record_config(workdir, config)
 
 
 if __name__ == "__main__":

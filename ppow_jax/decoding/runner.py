@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,13 +50,27 @@ def bucket_length(n: int, min_bucket: int) -> int:
 _WARMED: set = set()  # (config, shapes, static settings) already compiled in this process
 
 
+def batches_of(num_prompts: int, batch_size: int) -> list[list[int]]:
+  """The prompt indices of each batch `decode` makes, in order."""
+  return [list(range(i, min(i + batch_size, num_prompts)))
+          for i in range(0, num_prompts, batch_size)]
+
+
 def decode(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], settings: DecodeSettings,
            *, drafter=None, drafter_params: Any = None, desc: str = "decode",
-           progress: bool = True) -> list[DecodeResult]:
-  """Decodes every prompt (lists of token ids); returns one result per prompt, in order."""
+           progress: bool = True, done: dict[int, list[DecodeResult]] | None = None,
+           on_batch: Callable[[int, list[DecodeResult]], None] | None = None
+           ) -> list[DecodeResult]:
+  """Decodes every prompt (lists of token ids); returns one result per prompt, in order.
+
+  `done` maps batch indices (see `batches_of`) to their results from an interrupted run: those
+  batches are not decoded again, and the others keep their random keys, so a resumed run gives
+  what an uninterrupted one would. `on_batch(index, results)` is called as each batch finishes.
+  """
   results: list[DecodeResult | None] = [None] * len(prompt_ids)
   bs = settings.batch_size
-  batches = [list(range(i, min(i + bs, len(prompt_ids)))) for i in range(0, len(prompt_ids), bs)]
+  batches = batches_of(len(prompt_ids), bs)
+  done = done or {}
   rng = jax.random.key(settings.seed)
   # Decode-layout weights (unrolled layers): done once here, a no-op if the caller already did.
   target_params = transformer.unstack(target_params)
@@ -68,6 +82,11 @@ def decode(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], setti
             max_new_tokens=settings.max_new_tokens, sp=settings.sp, eos_ids=target_cfg.eos_ids)
   bar = Progress(len(batches), desc, unit="batch", leave=False, enabled=progress)
   for bi, rows in enumerate(batches):
+    if bi in done:
+      for i, r in zip(rows, done[bi]):
+        results[i] = r
+      bar.update()
+      continue
     lens = [len(prompt_ids[i]) for i in rows]
     p = bucket_length(max(lens), settings.min_bucket)
     toks = np.zeros((bs, p), np.int32)
@@ -95,6 +114,8 @@ def decode(target_cfg, target_params, prompt_ids: Sequence[Sequence[int]], setti
       results[i] = DecodeResult(output_token_ids=out.tokens[j, :n].tolist(),
                                 accept_lengths=out.accept_lengths[j, :steps].tolist(), seconds=dt,
                                 batch_rows=len(rows))
+    if on_batch is not None:
+      on_batch(bi, [results[i] for i in rows])
     bar.update()
   bar.close()
   return results

@@ -35,6 +35,7 @@ import numpy as np
 
 from ppow_jax.decoding import sampling
 from ppow_jax.models.kv_cache import KVCache
+from ppow_jax.user_errors import ConfigValueError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,21 +76,23 @@ class TreeSpec:
 
 
 def parse(field: str, value) -> TreeSpec | None:
-  """"depth,topk,num_nodes" -> TreeSpec; "" (or None) -> None, i.e. chain decoding. Errors name
-  `field` (e.g. "decode.tree")."""
+  """"depth,topk,num_nodes" -> TreeSpec; "" (or None) -> None, i.e. chain decoding. The one
+  check of a tree setting (decode, eval, the pipeline's drafting choice): errors are
+  ConfigValueErrors naming `field` (e.g. "config.decode.tree") and the value."""
   if value is None or (isinstance(value, str) and not value.strip()):
     return None
   parts = [s.strip() for s in value.split(",")] if isinstance(value, str) else list(value)
   if len(parts) != 3:
-    raise ValueError(f"{field}: {value!r} is not 'depth,topk,num_nodes' (e.g. '6,4,24'; '' = chain)")
+    raise ConfigValueError(f"{field}: {value!r} is not 'depth,topk,num_nodes' (e.g. '6,4,24'; "
+                           "'' = chain)")
   try:
     nums = [int(s) for s in parts]
-  except ValueError:
-    raise ValueError(f"{field}: {value!r} is not three ints 'depth,topk,num_nodes'") from None
+  except (TypeError, ValueError):
+    raise ConfigValueError(f"{field}: {value!r} is not three ints 'depth,topk,num_nodes'") from None
   try:
     return TreeSpec(*nums)
   except ValueError as e:
-    raise ValueError(f"{field}: {e}") from None
+    raise ConfigValueError(f"{field}: {e}") from None
 
 
 class Tree(NamedTuple):

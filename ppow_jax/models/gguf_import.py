@@ -61,8 +61,27 @@ def _open(path: str):
   import gguf  # Deferred: only conversion needs it.
   if not os.path.isfile(path):
     raise FileNotFoundError(f"GGUF file not found: {path}")
+
+  class SizeCheckedReader(gguf.GGUFReader):
+    """Checks that the file holds every tensor's bytes before viewing them: the reader's own
+    views of a cut-off data section fail with a bare "cannot reshape array"."""
+
+    def _build_tensors(self, start_offs, fields):
+      need = start_offs
+      for field in fields:
+        dims, raw_dtype, offset = field.parts[3], field.parts[4], field.parts[5]
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_dtype[0]))]
+        n_bytes = int(np.prod(dims.astype(np.int64))) * type_size // block
+        need = max(need, start_offs + int(offset[0]) + n_bytes)
+      if need > len(self.data):
+        raise GGUFError(f"{path}: truncated GGUF file: {len(self.data)} bytes, its tensors need "
+                        f"{need} (a partial download or copy? fetch it again)")
+      super()._build_tensors(start_offs, fields)
+
   try:
-    return gguf.GGUFReader(path)
+    return SizeCheckedReader(path)
+  except GGUFError:
+    raise
   except Exception as e:  # The reader raises ValueError / struct errors / IndexError on bad bytes.
     raise GGUFError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
 

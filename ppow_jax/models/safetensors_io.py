@@ -40,7 +40,18 @@ def read_header(path: str) -> tuple[dict, int]:
       header = json.loads(f.read(n))
     except json.JSONDecodeError as e:
       raise SafetensorsError(f"{path}: corrupt safetensors header ({e})") from None
+  if not isinstance(header, dict):
+    raise SafetensorsError(f"{path}: corrupt safetensors header (not a JSON object)")
   header.pop("__metadata__", None)
+  try:
+    end = max((int(info["data_offsets"][1]) for info in header.values()), default=0)
+  except (KeyError, IndexError, TypeError, ValueError):
+    raise SafetensorsError(f"{path}: corrupt safetensors header (a tensor without "
+                           "data_offsets)") from None
+  need, size = 8 + n + end, os.path.getsize(path)
+  if size < need:
+    raise SafetensorsError(f"{path}: truncated safetensors file: {size} bytes, its header "
+                           f"describes {need} (a partial download or copy? fetch it again)")
   return header, 8 + n
 
 

@@ -2,10 +2,13 @@
 
 Writes DIR/decode.jsonl (per prompt: id, category, output_token_ids, text, accept_lengths,
 seconds) and DIR/summary.json (mean_accept_length, tokens_per_second, num_prompts, per category).
+While it runs, each finished batch is appended to DIR/decode.partial.jsonl; rerunning the same
+command after an interruption decodes only the batches missing there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from absl import logging
@@ -18,10 +21,12 @@ from ppow_jax.decoding.drafter_io import load_drafter
 from ppow_jax.models import hf_checkpoint
 from ppow_jax.user_errors import ConfigValueError
 
+PARTIAL = "decode.partial.jsonl"  # the batches decoded so far, while a run is unfinished
+
 
 def settings_from_config(config) -> runner.DecodeSettings:
   d = config.decode
-  tree = draft_tree.parse("decode.tree", d.get("tree", ""))
+  tree = draft_tree.parse("config.decode.tree", d.get("tree", ""))
   if tree is not None and not config.drafter.path:
     raise ConfigValueError(f"config.decode.tree={d.tree!r} needs a drafter: config.drafter.path "
                            "is empty")
@@ -68,15 +73,36 @@ def run(config, workdir: str):
                   "the depth of config.decode.tree")
   else:
     check_context(target.cfg, max(map(len, ids)), settings.max_new_tokens, settings.window)
+  run_files.record_config(workdir, config)
   logging.info("decoding %d prompts (drafter: %s, %s)", len(ids), config.drafter.path or "none",
                f"tree {settings.tree}" if settings.tree else f"window {settings.window}")
-  results = runner.decode(target.cfg, target.params(), ids, settings, drafter=drafter,
-                          drafter_params=drafter_params)
-  records = [{
-      "id": p.id, "category": p.category, "output_token_ids": r.output_token_ids,
-      "text": tokenizer.decode(r.output_token_ids, skip_special_tokens=True),
-      "accept_lengths": r.accept_lengths, "seconds": r.seconds,
-  } for p, r in zip(prompts, results)]
+
+  def record(p, r):
+    return {"id": p.id, "category": p.category, "output_token_ids": r.output_token_ids,
+            "text": tokenizer.decode(r.output_token_ids, skip_special_tokens=True),
+            "accept_lengths": r.accept_lengths, "seconds": r.seconds}
+
+  # Each finished batch goes to decode.partial.jsonl at once; a rerun with the same settings and
+  # prompts (Ctrl-C, a lost machine) decodes only the batches it lacks.
+  batches = runner.batches_of(len(ids), settings.batch_size)
+  log = run_files.BatchLog(os.path.join(workdir, PARTIAL), {
+      "target": os.path.abspath(config.target.path), "dtype": config.target.dtype,
+      "drafter": os.path.abspath(config.drafter.path) if config.drafter.path else None,
+      "settings": repr(dataclasses.replace(settings, tree=str(settings.tree))),
+      "prompts": run_files.fingerprint([[p.id for p in prompts], ids])})
+  done = {}
+  for entry in log.entries:
+    done[entry["batch"]] = [runner.DecodeResult(
+        r["output_token_ids"], r["accept_lengths"], r["seconds"], len(entry["records"]))
+        for r in entry["records"]]
+  if done:
+    print(f"resuming: {len(done)} of {len(batches)} batches decoded before, from "
+          f"{log.path}", flush=True)
+  results = runner.decode(
+      target.cfg, target.params(), ids, settings, drafter=drafter, drafter_params=drafter_params,
+      done=done, on_batch=lambda bi, rs: log.append({"batch": bi, "records": [
+          record(prompts[i], r) for i, r in zip(batches[bi], rs)]}))
+  records = [record(p, r) for p, r in zip(prompts, results)]
   run_files.write_jsonl(os.path.join(workdir, "decode.jsonl"), records)
   summary = runner.summarize(results, [p.category for p in prompts])
   summary.update(window=settings.window if drafter is not None and not settings.tree else 0,
@@ -84,6 +110,7 @@ def run(config, workdir: str):
                  temperature=settings.sp.temperature, drafter=config.drafter.path or None,
                  target=config.target.path)
   run_files.write_json(os.path.join(workdir, "summary.json"), summary)
+  log.remove()
   print(f"{len(records)} prompts: tau={summary['mean_accept_length']:.3f} "
         f"tokens/s={summary['tokens_per_second']:.1f} -> {workdir}/summary.json")
   return summary

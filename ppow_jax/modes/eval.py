@@ -11,12 +11,15 @@ back to back before the next one (interleaved), so a drift in machine speed hits
 With `eval.tree` every drafter is decoded twice, as a chain of `eval.window` and as that dynamic
 draft tree (row "NAME tree d,k,n"), or, with `eval.window` = 0, as the tree only (rows named as
 the drafters); `eval.tree_num_nodes` sweeps the tree's num_nodes. Writes WORKDIR/report.md,
-report.json and PNG plots (see `report`).
+report.json and PNG plots (see `report`). Each decoded batch is kept in WORKDIR/eval.partial.jsonl
+until the report is written, so rerunning the same command after an interruption resumes.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import math
 import os
 
 from absl import logging
@@ -32,6 +35,7 @@ from ppow_jax.progress import Progress
 from ppow_jax.user_errors import UserError
 
 AUTOREGRESSIVE = report.AUTOREGRESSIVE
+PARTIAL = "eval.partial.jsonl"  # the batches decoded so far, while a run is unfinished
 
 
 class EvalSetupError(UserError, ValueError):
@@ -55,6 +59,8 @@ def parse_numbers(field: str, value, kind, minimum) -> list:
     except ValueError:
       what = "an int" if kind is int else "a number"
       raise EvalSetupError(f"{field}: {s!r} is not {what}") from None
+    if not math.isfinite(x):
+      raise EvalSetupError(f"{field}: {s!r} is not a finite number")
     if x < minimum:
       raise EvalSetupError(f"{field}: {s!r} is below the minimum {minimum}")
     if x not in out:
@@ -215,6 +221,7 @@ def run(config, workdir: str):
         f"{config.data.max_prompt_len}) + config.eval.max_new_tokens ({e.max_new_tokens}) + "
         f"window ({k_max}) + 1 = {need} exceeds the target's "
         f"max_position_embeddings ({target.cfg.max_position_embeddings}); lower one of them")
+  run_files.record_config(workdir, config)
   cats = list(dict.fromkeys(p.category for p in prompts))
   cat_ids = {c: [x for x, p in zip(ids, prompts) if p.category == c] for c in cats}
   sweep = [k for k in windows if k != window] if drafters else []
@@ -240,20 +247,31 @@ def run(config, workdir: str):
     ran last (per category was not enough: one category of 8 prompts read 0.93x where the
     same drafter read 1.16x on 13 categories). Batches never mix categories."""
     per_job = {key(*j): {} for j in jobs}
+    names = [str(list(key(*j))) for j in jobs]  # the log's keys (JSON keys are strings)
     for c in cats:
       found = {key(*j): [] for j in jobs}
       for b0 in range(0, len(cat_ids[c]), e.batch_size):
-        for name, temperature, k, tree in jobs:
+        kept = finished.get((c, b0, tuple(names)))
+        if kept is not None:  # decoded by an interrupted run with the same settings
+          for j, n in zip(jobs, names):
+            found[key(*j)] += [runner.DecodeResult(**r) for r in kept[n]]
+          bar.update(len(jobs))
+          continue
+        batch = {}
+        for j, (name, temperature, k, tree) in zip(names, jobs):
           drafter, dparams = drafters.get(name, (None, None))
           settings = runner.DecodeSettings(
               window=k, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
               seed=config.seed + b0, tree=tree,
               sp=sampling.SamplingParams(temperature=temperature, top_k=e.top_k, top_p=e.top_p))
           bar.set_postfix(f"{name} T={temperature:g} {f'tree {tree}' if tree else f'K={k}'} {c}")
-          found[key(name, temperature, k, tree)] += runner.decode(
+          batch[j] = runner.decode(
               target.cfg, tparams, cat_ids[c][b0:b0 + e.batch_size], settings, drafter=drafter,
               drafter_params=dparams, desc=c, progress=False)
+          found[key(name, temperature, k, tree)] += batch[j]
           bar.update()
+        log.append({"category": c, "start": b0, "jobs": names, "results": {
+            j: [dataclasses.asdict(r) for r in rs] for j, rs in batch.items()}})
       for name, temperature, k, tree in jobs:
         kk, drafter = key(name, temperature, k, tree), drafters.get(name)
         longest = (tree.depth if tree else k) if drafter is not None else 0
@@ -266,6 +284,17 @@ def run(config, workdir: str):
     ours, base = outputs[(name, temperature, k)], outputs[key(AUTOREGRESSIVE, temperature, 0)]
     return sum(a == b for a, b in zip(ours, base)) / len(base)
 
+  # Each batch's results (of every job decoding it) go to eval.partial.jsonl as they finish; a
+  # rerun with the same settings and prompts decodes only the batches missing there. A batch is
+  # logged once all its jobs are done, so the resumed ones stay interleaved (see `decode`).
+  log = run_files.BatchLog(os.path.join(workdir, PARTIAL), {
+      "target": os.path.abspath(config.target.path), "dtype": config.target.dtype,
+      "drafters": {n: os.path.abspath(p) for n, p in specs.items()}, "seed": config.seed,
+      "decode": [e.max_new_tokens, e.batch_size, e.top_k, e.top_p],
+      "prompts": run_files.fingerprint([cats, [cat_ids[c] for c in cats]])})
+  finished = {(x["category"], x["start"], tuple(x["jobs"])): x["results"] for x in log.entries}
+  if finished:
+    print(f"resuming: {len(finished)} batches decoded before, from {log.path}", flush=True)
   outputs: dict = {}
   results, sweep_results, tree_results = {}, {}, {}
   figures = ("categories", "mean", "overall")
@@ -338,6 +367,7 @@ def run(config, workdir: str):
   }
   run_files.write_json(os.path.join(workdir, "report.json"), data)
   files = report.write_report(data, workdir)
+  log.remove()
   if e.print_tables:  # the pipeline prints its own short summary instead
     print(report.markdown_tables(data))
     print(f"-> {', '.join(os.path.join(workdir, f) for f in ['report.json', *files])}")

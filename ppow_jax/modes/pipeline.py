@@ -51,6 +51,7 @@ def target_settings(config) -> target_lm.TargetLMSettings:
 
 
 def run(config, workdir: str):
+  run_files.record_config(workdir, config)  # the config checks are all it has before its stages
   t_start = time.perf_counter()
   timings = {}
   data_dir = os.path.join(workdir, "data")

@@ -23,13 +23,13 @@ from ppow_jax.eagle3 import model as e3
 from ppow_jax.eagle3.checkpoint import load_eagle3, save_eagle3
 from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
 from ppow_jax.eagle3.vocab import build_vocab_maps
-from ppow_jax import run_files
+from ppow_jax import run_files, user_errors
 from ppow_jax.models import hf_checkpoint, transformer
 from ppow_jax.parallel import sharding
 from ppow_jax.training import loop
 from ppow_jax.training.checkpoints import Checkpointer
 from ppow_jax.training.metrics import MetricWriter
-from ppow_jax.user_errors import ConfigValueError
+from ppow_jax.user_errors import ConfigValueError, UserError
 
 
 @dataclasses.dataclass
@@ -51,6 +51,25 @@ def start_up(config):
   if config.get("distributed"):
     sharding.initialize_distributed(config.distributed)  # num_processes -1: pod auto-discovery
   sharding.apply_topology(config)  # configs/targets/*: mesh, rules, batch size of the slice
+
+
+def prepare_start(config, workdir: str):
+  """What must hold before the data is generated (minutes at the defaults): the prompt files
+  parse, the target loads, `drafter.init_from` (if set) is an EAGLE-3 drafter that fits the
+  target. Then the run's config is recorded. Returns (target, the init_from drafter or None)."""
+  start_up(config)
+  for path in [*_split_paths(config.data.prompts), *_split_paths(config.eval.get("prompts"))]:
+    prompt_files.load_prompts(path)  # PromptFileError names the file and line
+  target = load_target(config)
+  start = None
+  if config.drafter.init_from:
+    try:
+      start = load_eagle3(config.drafter.init_from, target.cfg)
+    except UserError as e:
+      raise ConfigValueError(f"config.drafter.init_from={config.drafter.init_from}: "
+                             f"{user_errors.message(e)}") from None
+  run_files.record_config(workdir, config)
+  return target, start
 
 
 def config_mesh(config):
@@ -216,8 +235,11 @@ def parse_aux_layers(spec, num_layers: int) -> tuple[int, int, int]:
   return layers
 
 
-def init_drafter(config, target: Target, train_records) -> e3.Eagle3Drafter:
-  """A fresh drafter (vocabulary maps from the data's token counts), or `drafter.init_from`."""
+def init_drafter(config, target: Target, train_records, start=None) -> e3.Eagle3Drafter:
+  """A fresh drafter (vocabulary maps from the data's token counts), or `drafter.init_from`
+  (`start`, when `prepare_start` loaded it already)."""
+  if start is not None:
+    return start
   if config.drafter.init_from:
     return load_eagle3(config.drafter.init_from, target.cfg)
   v = target.cfg.vocab_size

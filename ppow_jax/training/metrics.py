@@ -65,9 +65,11 @@ def check_finite(step: int, loss: float, last_checkpoint: int | None,
   (NaN gradients or an infinite learning rate can leave a finite loss but broken weights)."""
   if not math.isfinite(loss) or not params_finite:
     weights = "" if params_finite else " and the updated weights are not finite"
+    kept = ("no checkpoint was written before it" if last_checkpoint is None else
+            f"the last good checkpoint (step {last_checkpoint}) is kept")
     raise NonFiniteLossError(
-        f"loss is {loss} at step {step}{weights}; stopping. The last good checkpoint (step "
-        f"{last_checkpoint}) is kept; lower the learning rate or check the data.")
+        f"loss is {loss} at step {step}{weights}; stopping: {kept}; lower the learning rate or "
+        "check the data.")
 
 
 def read_metrics(workdir: str) -> list[dict]:
