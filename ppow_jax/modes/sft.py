@@ -37,7 +37,7 @@ def draft_vocab_logits(target_params, last_hidden, d2t):
 
 
 def make_train_step(tcfg, dcfg, optimizer, *, steps: int, decay: float,
-                    compute_dtype: str = "float32", loss: str = "ce", lk_kl_scale: float = 1.0,
+                    compute_dtype: str = "float32", objective: str = "ce", lk_kl_scale: float = 1.0,
                     lk_kl_decay: float = 1.0):
   """(state, target_params, d2t, batch, rng) -> (state, metrics); pure, jitted by the caller.
 
@@ -58,7 +58,7 @@ def make_train_step(tcfg, dcfg, optimizer, *, steps: int, decay: float,
         params = jax.tree.map(lambda x: x.astype(ccfg.jnp_dtype), params)
       return ttt.ttt_loss(ccfg, params, target_params["embed"], d2t, batch["tokens"], aux,
                           tlogits, batch["loss_mask"], steps=steps, decay=decay,
-                          draft_logits=True, loss=loss, lk_kl_scale=lk_kl_scale,
+                          draft_logits=True, loss=objective, lk_kl_scale=lk_kl_scale,
                           lk_kl_decay=lk_kl_decay)
 
     (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -84,7 +84,7 @@ def run(config, workdir: str):
 
   make_step = lambda optimizer: make_train_step(
       target.cfg, dcfg, optimizer, steps=config.ttt.steps, decay=config.ttt.decay,
-      compute_dtype=t.get("compute_dtype", "float32"), loss=config.ttt.loss,
+      compute_dtype=t.get("compute_dtype", "float32"), objective=config.ttt.loss,
       lk_kl_scale=config.ttt.lk_kl_scale, lk_kl_decay=config.ttt.lk_kl_decay)
   fc_scale = None
   if config.drafter.get("feature_scaling"):
