@@ -3,8 +3,6 @@ temperature 1 (with a check that a wrong acceptance rule is caught), sampling pr
 acceptance rules on hand-built arrays, and no retracing across prompt contents.
 """
 
-import itertools
-
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
@@ -14,52 +12,21 @@ from scipy import stats
 
 from ppow_jax.decoding import engine, sampling, verify
 from ppow_jax.decoding.drafter import LMDrafter
-from ppow_jax.models.config import ModelConfig
-from ppow_jax.models.hf_checkpoint import load_model
-from ppow_jax.models.transformer import Transformer, forward
+from ppow_jax.models.transformer import Transformer
 
-# stories260k token ids; right padding is filled with junk tokens (not pad 0) on purpose.
-PROMPTS = [[1, 403, 407, 261, 378], [1, 291, 280, 294],
-           [1, 317, 269, 274, 287, 263, 377, 267, 265, 282, 295, 433], [1, 385, 328]]
-MAX_NEW = 24
-GREEDY = sampling.SamplingParams()
-
-
-def _pad(rows, width, seed=0):
-  junk = np.random.default_rng(seed).integers(3, 500, (len(rows), width))
-  prompts = junk.astype(np.int32)
-  for i, r in enumerate(rows):
-    prompts[i, :len(r)] = r
-  return jnp.asarray(prompts), jnp.asarray([len(r) for r in rows], jnp.int32)
-
-
-@pytest.fixture(scope="module")
-def target(stories_path):
-  model = load_model(stories_path)
-  return model.cfg, model.params()
+from conftest import (GREEDY, MAX_NEW, NEW, PROMPTS, T1, TINY, TINY_PROMPT, N, V, check_accounting,
+                      chisquare_pvalues, greedy_reference, pad)
 
 
 @pytest.fixture(scope="module")
 def batches():
   """batch size -> (prompts, prompt_lens, indices into PROMPTS)."""
-  return {4: (*_pad(PROMPTS, 12), [0, 1, 2, 3]), 1: (*_pad(PROMPTS[:1], 8, seed=1), [0])}
+  return {4: (*pad(PROMPTS, 12), [0, 1, 2, 3]), 1: (*pad(PROMPTS[:1], 8, seed=1), [0])}
 
 
 @pytest.fixture(scope="module")
 def plain_greedy(target):
-  """Independent reference: a full forward over the whole sequence and argmax, every step."""
-  cfg, params = target
-  logits_fn = jax.jit(lambda toks: forward(cfg, params, toks).logits)
-  width = max(map(len, PROMPTS)) + MAX_NEW
-  toks = np.zeros((len(PROMPTS), width), np.int32)
-  lens = np.array([len(p) for p in PROMPTS])
-  for i, p in enumerate(PROMPTS):
-    toks[i, :len(p)] = p
-  rows = np.arange(len(PROMPTS))
-  for t in range(MAX_NEW):
-    logits = np.asarray(logits_fn(jnp.asarray(toks)))
-    toks[rows, lens + t] = logits[rows, lens + t - 1].argmax(-1)
-  return np.stack([toks[i, lens[i]:lens[i] + MAX_NEW] for i in rows])
+  return greedy_reference(*target, PROMPTS, MAX_NEW)
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +43,6 @@ def ar_out(target, batches):
           for b, (prompts, lens, _) in batches.items()}
 
 
-def _check_accounting(out, max_new):
-  """accept_lengths has one positive entry per step; only the last step may be cut."""
-  acc, steps, ntok = map(np.asarray, (out.accept_lengths, out.num_steps, out.num_tokens))
-  for a, s, n in zip(acc, steps, ntok):
-    assert (a[:s] > 0).all() and (a[s:] == 0).all()
-    assert a[:s - 1].sum() < n - 1 <= a[:s].sum() or (s == 0 and n == 1)
-    assert n <= max_new
-
-
 # --- 1. Greedy speculative decoding is lossless --------------------------------------------------
 
 
@@ -97,7 +55,7 @@ def test_autoregressive_matches_plain_loop(ar_out, batches, plain_greedy, bsz):
   # Autoregressive: one token per verification step (the first comes from the prefill).
   assert (np.asarray(out.num_steps) == MAX_NEW - 1).all()
   assert (np.asarray(out.accept_lengths)[:, :MAX_NEW - 1] == 1).all()
-  _check_accounting(out, MAX_NEW)
+  check_accounting(out, MAX_NEW)
 
 
 @pytest.mark.parametrize("bsz,kind,k", [(4, "random", 1), (4, "random", 6), (1, "random", 3),
@@ -113,7 +71,7 @@ def test_greedy_speculative_is_lossless(target, batches, plain_greedy, ar_out, r
   np.testing.assert_array_equal(toks, plain_greedy[rows])
   np.testing.assert_array_equal(toks, np.asarray(ar_out[bsz].tokens))
   assert (np.asarray(out.num_tokens) == MAX_NEW).all()
-  _check_accounting(out, MAX_NEW)
+  check_accounting(out, MAX_NEW)
   acc, steps = np.asarray(out.accept_lengths), np.asarray(out.num_steps)
   if kind == "random":
     # A random drafter almost never matches the target: tau near 1.
@@ -151,7 +109,7 @@ def test_eos_stops_each_row(target, batches, plain_greedy, kind):
       assert t[n - 1] in EOS
   # A row whose first (prefill) token is EOS takes no verification step.
   assert np.asarray(out.num_steps)[want.index(1)] == 0
-  _check_accounting(out, MAX_NEW)
+  check_accounting(out, MAX_NEW)
 
 
 # --- 3. No retracing across prompt contents ------------------------------------------------------
@@ -167,7 +125,7 @@ def test_generate_does_not_retrace(target, batches, random_drafter):
   first = run(prompts, lens, 0)
   size = engine.generate._cache_size()
   other = [[1, 2, 3, 4, 5, 6, 7], [1, 9], [1, 44, 45, 46], [1]]  # New contents and lengths.
-  other_prompts, other_lens = _pad(other, 12, seed=3)
+  other_prompts, other_lens = pad(other, 12, seed=3)
   second = run(other_prompts, other_lens, 5)
   assert engine.generate._cache_size() == size
   assert not np.array_equal(np.asarray(first.tokens), np.asarray(second.tokens))
@@ -175,35 +133,7 @@ def test_generate_does_not_retrace(target, batches, random_drafter):
 
 # --- 4. Sampling at temperature 1 follows the target's distribution -------------------------------
 
-V, NEW, N, K = 8, 4, 4096, 2
-TINY = ModelConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2,
-                   num_kv_heads=1, head_dim=8)
-TINY_PROMPT = [1, 5, 3]
-T1 = sampling.SamplingParams(temperature=1.0)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-  """A peaked random target, a drafter (the target plus noise: different, but close enough that
-  rejection at every position and the bonus token all happen often), and the exact joint of the
-  NEW generated tokens from full forwards over every continuation."""
-  scale = lambda p, s: jax.tree.map(lambda x: s * x, p)  # noqa: E731
-  tparams = scale(Transformer(TINY, rngs=nnx.Rngs(0)).params(), 5.0)
-  noise = Transformer(TINY, rngs=nnx.Rngs(1)).params()
-  dparams = jax.tree.map(lambda a, b: a + 0.5 * b, tparams, noise)
-  p = len(TINY_PROMPT)
-  conts = np.array(list(itertools.product(range(V), repeat=NEW - 1)), np.int32)
-  seqs = np.concatenate([np.broadcast_to(TINY_PROMPT, (len(conts), p)), conts], 1)
-  logits = jax.jit(lambda prm, x: forward(TINY, prm, x).logits)(tparams, jnp.asarray(seqs))
-  probs = np.asarray(jax.nn.softmax(logits, -1), np.float64)[:, p - 1:]
-  probs = probs.reshape((V,) * (NEW - 1) + (NEW, V))
-  # probs[t1, t2, t3, j] = p(next | prompt, t_1..t_j); the joint is the chain-rule product.
-  joint = np.ones(())
-  for j in range(NEW):
-    cond = probs[(slice(None),) * j + (0,) * (NEW - 1 - j) + (j,)]
-    joint = joint[..., None] * cond
-  assert abs(joint.sum() - 1) < 1e-4
-  return tparams, dparams, joint
+K = 2
 
 
 def _sample_tiny(tparams, dparams, seed=0):
@@ -211,24 +141,6 @@ def _sample_tiny(tparams, dparams, seed=0):
   return engine.generate(TINY, tparams, prompts, jnp.full((N,), len(TINY_PROMPT), jnp.int32),
                          jax.random.key(seed), drafter=LMDrafter(TINY), drafter_params=dparams,
                          window=K, max_new_tokens=NEW, sp=T1)
-
-
-def _chisquare_pvalues(tokens, joint):
-  """p-values of the empirical joint of the first j tokens vs the exact one, j = 1..NEW."""
-  out = []
-  for j in range(1, NEW + 1):
-    expect = joint.sum(axis=tuple(range(j, NEW))).ravel() * len(tokens)
-    obs = np.bincount(np.ravel_multi_index(tokens[:, :j].T, (V,) * j), minlength=V ** j)
-    big = expect >= 5  # Pool the rare cells so the chi-square approximation holds.
-    o, e = obs[big], expect[big]
-    if (~big).any():
-      o, e = np.append(o, obs[~big].sum()), np.append(e, expect[~big].sum())
-      if e[-1] < 5:  # Still too rare: fold into the smallest cell.
-        o, e = o[:-1], e[:-1]
-        o[np.argmin(e)] += obs[~big].sum()
-        e[np.argmin(e)] += expect[~big].sum()
-    out.append(stats.chisquare(o, e * o.sum() / e.sum()).pvalue)
-  return out
 
 
 def test_sampling_follows_target_distribution(tiny):
@@ -239,7 +151,7 @@ def test_sampling_follows_target_distribution(tiny):
   # Every path is exercised often: rejection at d_1, at d_2, and the bonus token.
   first = np.bincount(np.asarray(out.accept_lengths)[:, 0], minlength=K + 2)[1:]
   assert (first > 0.1 * N).all(), first
-  pvals = _chisquare_pvalues(np.asarray(out.tokens), joint)
+  pvals = chisquare_pvalues(np.asarray(out.tokens), joint)
   assert min(pvals) > 1e-3, pvals
 
 
@@ -268,7 +180,7 @@ def test_wrong_acceptance_rule_is_caught(tiny, monkeypatch, wrong):
     out = _sample_tiny(tparams, dparams)
   finally:
     engine.generate.clear_cache()  # ...and keep it out of later tests' cache.
-  pvals = _chisquare_pvalues(np.asarray(out.tokens), joint)
+  pvals = chisquare_pvalues(np.asarray(out.tokens), joint)
   assert min(pvals) < 1e-3, pvals
 
 

@@ -7,7 +7,6 @@ drafts for itself, a chain being a tree with topk = 1, the distribution at tempe
 """
 
 import functools
-import itertools
 
 import flax.nnx as nnx
 import jax
@@ -23,55 +22,21 @@ from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
 from ppow_jax.eagle3.model import forward as e3_forward
 from ppow_jax.models import transformer
 from ppow_jax.models.config import ModelConfig
-from ppow_jax.models.hf_checkpoint import load_model
 from ppow_jax.models.kv_cache import KVCache
 
-PROMPTS = [[1, 403, 407, 261, 378], [1, 291, 280, 294],
-           [1, 317, 269, 274, 287, 263, 377, 267, 265, 282, 295, 433], [1, 385, 328]]
-MAX_NEW = 24
-GREEDY = sampling.SamplingParams()
+from conftest import (GREEDY, MAX_NEW, NEW, PROMPTS, T1, TINY, TINY_PROMPT, N, check_accounting,
+                      chisquare_pvalues, greedy_reference, pad)
+
 SPEC = tree.TreeSpec(depth=4, topk=3, num_nodes=12)
-
-
-def _pad(rows, width, seed=0, vocab=500):
-  junk = np.random.default_rng(seed).integers(3, vocab, (len(rows), width))
-  prompts = junk.astype(np.int32)  # Right padding is junk on purpose.
-  for i, r in enumerate(rows):
-    prompts[i, :len(r)] = r
-  return jnp.asarray(prompts), jnp.asarray([len(r) for r in rows], jnp.int32)
-
-
-def _plain_greedy(cfg, params, rows, max_new):
-  """Independent reference: a full forward over the whole sequence and argmax, every step."""
-  logits_fn = jax.jit(lambda toks: transformer.forward(cfg, params, toks).logits)
-  lens = np.array([len(p) for p in rows])
-  toks = np.zeros((len(rows), lens.max() + max_new), np.int32)
-  for i, p in enumerate(rows):
-    toks[i, :len(p)] = p
-  idx = np.arange(len(rows))
-  for t in range(max_new):
-    logits = np.asarray(logits_fn(jnp.asarray(toks)))
-    toks[idx, lens + t] = logits[idx, lens + t - 1].argmax(-1)
-  return np.stack([toks[i, lens[i]:lens[i] + max_new] for i in idx])
 
 
 _fwd = jax.jit(transformer.forward, static_argnums=0, static_argnames=("hidden_layers",))
 _e3_fwd = jax.jit(e3_forward, static_argnums=0)
 
 
-def _scale(params, s):
-  return jax.tree.map(lambda x: s * x, params)
-
-
-@pytest.fixture(scope="module")
-def target(stories_path):
-  model = load_model(stories_path)
-  return model.cfg, model.params()
-
-
 @pytest.fixture(scope="module")
 def reference(target):
-  return _plain_greedy(*target, PROMPTS, MAX_NEW)
+  return greedy_reference(*target, PROMPTS, MAX_NEW)
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +52,6 @@ def drafters(target):
       "self": (LMDrafter(cfg), params),
       "eagle3": (Eagle3EngineDrafter(e3cfg), Eagle3EngineDrafter.bind(e3, params)),
   }
-
-
-def _check_accounting(out, max_new):
-  acc, steps, ntok = map(np.asarray, (out.accept_lengths, out.num_steps, out.num_tokens))
-  for a, s, n in zip(acc, steps, ntok):
-    assert (a[:s] > 0).all() and (a[s:] == 0).all()
-    assert a[:s - 1].sum() < n - 1 <= a[:s].sum()
 
 
 # --- 1. Construction ------------------------------------------------------------------------------
@@ -237,7 +195,7 @@ def test_tree_mask_equals_each_root_path_alone(target, family):
   v, k = cfg.vocab_size, 2
   rng = np.random.default_rng(1)
   prompts = [list(rng.integers(3, v, 9)), list(rng.integers(3, v, 6))]
-  toks, lens = _pad(prompts, 10, vocab=v)
+  toks, lens = pad(prompts, 10, vocab=v)
   table = jnp.asarray(rng.standard_normal((v, v)), jnp.float32)
   spec = tree.TreeSpec(depth=3, topk=k, num_nodes=7)
   root = jnp.asarray([5, 9], jnp.int32)
@@ -361,14 +319,14 @@ def _generate(cfg, params, prompts, lens, drafter, dparams, spec, sp=GREEDY, max
 def test_greedy_tree_is_lossless(target, reference, drafters, bsz, kind):
   cfg, params = target
   rows = list(range(bsz)) if bsz == 4 else [2]
-  prompts, lens = _pad([PROMPTS[i] for i in rows], 12)
+  prompts, lens = pad([PROMPTS[i] for i in rows], 12)
   drafter, dparams = drafters[kind]
   if bsz == 1 and kind == "trunc":  # the runner's decode layout: per-layer caches
     params, dparams = transformer.unstack(params), transformer.unstack(dparams)
   out = _generate(cfg, params, prompts, lens, drafter, dparams, SPEC)
   np.testing.assert_array_equal(np.asarray(out.tokens), reference[rows])
   assert (np.asarray(out.num_tokens) == MAX_NEW).all()
-  _check_accounting(out, MAX_NEW)
+  check_accounting(out, MAX_NEW)
   acc = np.asarray(out.accept_lengths)
   tau = acc[acc > 0].mean()
   if kind == "trunc":  # a real drafter: deep acceptances happen, not always
@@ -384,7 +342,7 @@ def test_self_draft_accepts_full_paths(target, reference):
   distributions, where a deep greedy node can score below shallow siblings."""
   cfg, params = target
   params = dict(params, final_norm=4.0 * params["final_norm"])
-  prompts, lens = _pad(PROMPTS, 12)
+  prompts, lens = pad(PROMPTS, 12)
   out = _generate(cfg, params, prompts, lens, LMDrafter(cfg), params, SPEC)
   np.testing.assert_array_equal(np.asarray(out.tokens), reference)
   steps, acc = np.asarray(out.num_steps), np.asarray(out.accept_lengths)
@@ -396,7 +354,7 @@ def test_self_draft_accepts_full_paths(target, reference):
 def test_topk1_tree_is_the_chain(target, drafters):
   """A tree (K, 1, K+1) proposes, verifies and accepts exactly as a chain of K."""
   cfg, params = target
-  prompts, lens = _pad(PROMPTS, 12)
+  prompts, lens = pad(PROMPTS, 12)
   drafter, dparams = drafters["trunc"]
   k = 5
   chain = engine.generate(cfg, params, prompts, lens, jax.random.key(0), drafter=drafter,
@@ -447,7 +405,7 @@ def test_drafter_tree_expands_each_path_as_alone(target, drafters, kind):
   tree is the chain `propose` drafts. Batch 2, rows of different lengths."""
   cfg, params = target
   drafter, dparams = drafters[kind]
-  prompts, lens = _pad([PROMPTS[0], PROMPTS[2]], 12)
+  prompts, lens = pad([PROMPTS[0], PROMPTS[2]], 12)
   state, ctx = jax.jit(lambda: _first_proposal(cfg, params, drafter, dparams, prompts, lens, 3))()
   spec = tree.TreeSpec(depth=3, topk=2, num_nodes=11)  # every candidate kept
   chain_spec = tree.TreeSpec(depth=3, topk=1, num_nodes=4)
@@ -485,64 +443,26 @@ def test_greedy_tree_is_lossless_per_family(family):
   dparams = jax.tree.map(lambda a, b: a + 0.3 * b, params, noise)
   rng = np.random.default_rng(3)
   rows = [list(rng.integers(3, cfg.vocab_size, n)) for n in (7, 3, 11, 5)]
-  prompts, lens = _pad(rows, 12, vocab=cfg.vocab_size)
+  prompts, lens = pad(rows, 12, vocab=cfg.vocab_size)
   max_new = 16
   out = _generate(cfg, params, prompts, lens, LMDrafter(cfg), dparams,
                   tree.TreeSpec(depth=3, topk=3, num_nodes=10), max_new=max_new)
-  np.testing.assert_array_equal(np.asarray(out.tokens), _plain_greedy(cfg, params, rows, max_new))
-  _check_accounting(out, max_new)
+  np.testing.assert_array_equal(np.asarray(out.tokens),
+                                greedy_reference(cfg, params, rows, max_new))
+  check_accounting(out, max_new)
   acc = np.asarray(out.accept_lengths)
   assert 1.3 < acc[acc > 0].mean() < 4  # drafts are accepted, and rejected
 
 
 # --- 5. Sampling at temperature 1 follows the target's distribution ---------------------------------
 
-V, NEW, N = 8, 4, 4096
-TINY = ModelConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2,
-                   num_kv_heads=1, head_dim=8)
-TINY_PROMPT = [1, 5, 3]
-T1 = sampling.SamplingParams(temperature=1.0)
 T1_SPEC = tree.TreeSpec(depth=2, topk=3, num_nodes=7)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-  """A peaked random target, a drafter near it, and the exact joint of the NEW generated tokens
-  (full forwards over every continuation, chain rule)."""
-  tparams = _scale(transformer.Transformer(TINY, rngs=nnx.Rngs(0)).params(), 5.0)
-  noise = transformer.Transformer(TINY, rngs=nnx.Rngs(1)).params()
-  dparams = jax.tree.map(lambda a, b: a + 0.5 * b, tparams, noise)
-  p = len(TINY_PROMPT)
-  conts = np.array(list(itertools.product(range(V), repeat=NEW - 1)), np.int32)
-  seqs = np.concatenate([np.broadcast_to(TINY_PROMPT, (len(conts), p)), conts], 1)
-  logits = jax.jit(lambda x: transformer.forward(TINY, tparams, x).logits)(jnp.asarray(seqs))
-  probs = np.asarray(jax.nn.softmax(logits, -1), np.float64)[:, p - 1:]
-  probs = probs.reshape((V,) * (NEW - 1) + (NEW, V))
-  joint = np.ones(())
-  for j in range(NEW):
-    joint = joint[..., None] * probs[(slice(None),) * j + (0,) * (NEW - 1 - j) + (j,)]
-  assert abs(joint.sum() - 1) < 1e-4
-  return tparams, dparams, joint
 
 
 def _sample_tiny(tparams, dparams):
   prompts = jnp.asarray(np.broadcast_to(TINY_PROMPT, (N, len(TINY_PROMPT))), jnp.int32)
   return _generate(TINY, tparams, prompts, jnp.full((N,), len(TINY_PROMPT), jnp.int32),
                    LMDrafter(TINY), dparams, T1_SPEC, sp=T1, max_new=NEW, seed=0)
-
-
-def _chisquare_pvalues(tokens, joint):
-  """p-values of the empirical joint of the first j tokens vs the exact one, j = 1..NEW."""
-  out = []
-  for j in range(1, NEW + 1):
-    expect = joint.sum(axis=tuple(range(j, NEW))).ravel() * len(tokens)
-    obs = np.bincount(np.ravel_multi_index(tokens[:, :j].T, (V,) * j), minlength=V ** j)
-    big = expect >= 5  # pool the rare cells
-    o, e = np.append(obs[big], obs[~big].sum()), np.append(expect[big], expect[~big].sum())
-    if e[-1] < 5:
-      o, e = o[:-1], e[:-1]
-    out.append(stats.chisquare(o, e * o.sum() / e.sum()).pvalue)
-  return out
 
 
 def test_tree_sampling_follows_target_distribution(tiny):
@@ -552,7 +472,7 @@ def test_tree_sampling_follows_target_distribution(tiny):
   # Every outcome of the first step is frequent: rejection at the root, one, two accepted.
   first = np.bincount(np.asarray(out.accept_lengths)[:, 0], minlength=T1_SPEC.depth + 2)[1:]
   assert (first > 0.1 * N).all(), first
-  pvals = _chisquare_pvalues(np.asarray(out.tokens), joint)
+  pvals = chisquare_pvalues(np.asarray(out.tokens), joint)
   assert min(pvals) > 1e-3, pvals
 
 
@@ -565,7 +485,7 @@ def test_wrong_residual_rule_is_caught(tiny, monkeypatch):
     out = _sample_tiny(tparams, dparams)
   finally:
     engine.generate.clear_cache()
-  assert min(_chisquare_pvalues(np.asarray(out.tokens), joint)) < 1e-3
+  assert min(chisquare_pvalues(np.asarray(out.tokens), joint)) < 1e-3
 
 
 # --- 6. Settings ----------------------------------------------------------------------------------
