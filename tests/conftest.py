@@ -2,7 +2,7 @@
 the model fixtures; and the decoding tests' shared pieces (test_engine.py, test_tree.py import
 them with `from conftest import ...`).
 
-Markers (registered in pyproject.toml): `slow` (minutes of training or sampling) and `e2e` (the
+Markers (registered in pytest.ini): `slow` (minutes of training or sampling) and `e2e` (the
 real command line in a subprocess). `pytest -m "not slow and not e2e" tests` runs the unit tests
 only; `pytest tests` runs everything.
 """

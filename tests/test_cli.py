@@ -22,6 +22,8 @@ RUN_MAIN = "import runpy; runpy.run_module('ppow_jax.main', run_name='__main__',
 HIDE_TORCH = ("import importlib.util as u; _find = u.find_spec; "
               "u.find_spec = lambda n, *a, **k: None if n == 'torch' else _find(n, *a, **k); ")
 
+pytestmark = pytest.mark.e2e
+
 
 def _env(**extra):
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PPOW_DEBUG")}

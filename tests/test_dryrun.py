@@ -156,6 +156,7 @@ def test_too_few_devices_is_explained():
   np.testing.assert_equal(dryrun.required_devices(load("llama33_70b")), 32)
 
 
+@pytest.mark.e2e
 def test_command_line_selects_topology_and_overrides_its_mesh(tmp_path):
   """`--config=FILE:TOPOLOGY` and a bracketed topology override reach the dryrun mode (which
   refuses a mesh that does not use the slice's chips before compiling anything)."""

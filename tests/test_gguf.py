@@ -169,6 +169,7 @@ def test_bad_files_name_the_file_and_field(tmp_path):
   assert not any(os.path.exists(tmp_path / f"o{i}") for i in range(1, 5))
 
 
+@pytest.mark.e2e
 def test_unreachable_registry_is_a_clear_error(tmp_path):
   env = dict(os.environ, PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_CONFIG_FILE=os.devnull,
              PIP_RETRIES="0", PIP_TIMEOUT="2", PIP_FIND_LINKS="", PIP_EXTRA_INDEX_URL="",
@@ -184,6 +185,7 @@ def test_unreachable_registry_is_a_clear_error(tmp_path):
 
 # --- the real file -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_smollm2_matches_transformers_gguf_loading(smollm2_path, smollm2_gguf):
   """Weights bit-identical to transformers' dequantization; logits agree to 1e-4 of their scale.
 
@@ -213,6 +215,7 @@ def test_smollm2_matches_transformers_gguf_loading(smollm2_path, smollm2_gguf):
     assert (got.argmax(-1) == want.argmax(-1)).all()
 
 
+@pytest.mark.e2e
 def test_smollm2_tokenizer_converts_without_torch(smollm2_gguf, tmp_path):
   """The tokenizer conversion runs with torch unimportable (ppow_jax never needs it) and
   encodes, chat template included, exactly as transformers' own GGUF tokenizer loading."""

@@ -25,6 +25,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 3
 TIMEOUT_S = 300
 
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
 
 def free_port() -> int:
   with socket.socket() as s:

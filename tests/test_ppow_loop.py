@@ -138,6 +138,8 @@ def reference(start):
 
 # data=8 (one sequence per device) passes too but costs another ~17 CPU-seconds of compiling;
 # 2x2x2 also splits the batch (over data x fsdp) and adds tensor-parallel vocab / heads / MLP.
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("mesh,shape", [
     ({"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}, {"data": 2, "fsdp": 2, "tensor": 2}),
 ], ids=["data2_fsdp2_tensor2"])
@@ -177,6 +179,8 @@ def _committed_steps(ckpt_dir):
   return sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_kill_and_resume_matches_uninterrupted_run(start, reference):
   """`kill -9` after the first checkpoint, rerun: the export and metrics equal an uninterrupted
   run's, and a half-written orbax temporary directory does not break the restore."""
@@ -248,6 +252,7 @@ def _poison(monkeypatch, kind, from_step):
   monkeypatch.setattr(objective, "ppow_loss", loss)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["loss", "grads"])
 def test_nonfinite_step_stops_and_keeps_last_good_checkpoint(start, monkeypatch, kind):
   """Step 3 goes bad: the run stops there, naming it, and checkpoint 2 is the latest, finite."""
@@ -282,6 +287,8 @@ def test_nonfinite_step_stops_and_keeps_last_good_checkpoint(start, monkeypatch,
 
 # --- 4. metrics and ablation switches ---------------------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_metrics_rows(reference):
   """Every row has the rollout, objective and window-score metrics, consistent with each other."""
   rows = read_metrics(reference)
@@ -297,6 +304,8 @@ def test_metrics_rows(reference):
   assert any(0 < r["k0_share"] < 1 for r in rows)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_saves_resolved_config(start, reference):
   """The workdir keeps the config the run used: the file's values with the overrides applied."""
   import json
@@ -308,6 +317,7 @@ def test_cli_saves_resolved_config(start, reference):
   assert saved["optim"]["learning_rate"] == TINY["optim.learning_rate"]
 
 
+@pytest.mark.slow
 def test_ablation_switches(start):
   """Windowing and proximity settings from the config change exactly what they should.
 
@@ -372,6 +382,7 @@ def test_ablation_switches(start):
   assert top["reward"] >= m["no_prox"]["reward"]
 
 
+@pytest.mark.slow
 def test_ttt_aux_loss(start):
   """aux_loss="ttt": the auxiliary term is EAGLE-3's training-time-test loss over the batch
   sequences (what token-level training minimises), not the window soft CE; bad names fail."""

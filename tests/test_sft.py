@@ -153,6 +153,7 @@ def test_ttt_unroll_equals_incremental_decoding(target):
 
 # --- one train step ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_train_step_lowers_loss_on_a_fixed_batch(stories_path, data_dir, target, reference):
   config = _sft_config(stories_path, data_dir)
   tgt = drafter_run.Target(target, None)
@@ -194,6 +195,7 @@ def test_train_step_lowers_loss_on_a_fixed_batch(stories_path, data_dir, target,
 
 # --- run: export, resume, NaN guard -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_run_writes_metrics_export_and_eval(reference, target):
   workdir, config, result = reference
   rows = read_metrics(workdir)
@@ -215,6 +217,7 @@ def test_run_writes_metrics_export_and_eval(reference, target):
           drafter_run.selfdistill.token_counts(train, target.cfg.vocab_size), 128)[0])
 
 
+@pytest.mark.slow
 def test_heldout_temperature_and_stale_data_cache(reference, target, data_dir, caplog,
                                                   monkeypatch):
   """Held-out sequences are sampled at data.heldout_temperature, training ones at
@@ -239,6 +242,7 @@ def test_heldout_temperature_and_stale_data_cache(reference, target, data_dir, c
       in caplog.text
 
 
+@pytest.mark.slow
 def test_data_seed_keeps_other_run_seeds_on_the_cached_data(reference, target, caplog,
                                                             monkeypatch):
   """data.seed fixes the sampling seed of the data: a run with another seed (PPOW's second seed
@@ -260,6 +264,7 @@ def test_data_seed_keeps_other_run_seeds_on_the_cached_data(reference, target, c
   assert f"seed={config.seed}; this config asks for seed={config.seed + 1}" in caplog.text
 
 
+@pytest.mark.slow
 def test_aux_layers_config(reference, target):
   _, config, _ = reference
   train, _ = drafter_run.prepare_data(config, drafter_run.Target(target, None), "unused")
@@ -272,6 +277,7 @@ def test_aux_layers_config(reference, target):
       drafter_run.init_drafter(c, drafter_run.Target(target, None), train)
 
 
+@pytest.mark.slow
 def test_export_decodes_losslessly(reference, target):
   workdir, config, _ = reference
   tp = target.params()
@@ -318,6 +324,7 @@ def _hook_batches(monkeypatch, crash_at=None, poison_at=None):
   return steps
 
 
+@pytest.mark.slow
 def test_resume_after_crash_equals_uninterrupted_run(reference, stories_path, data_dir, target,
                                                      tmp_path, monkeypatch):
   ref_dir, _, _ = reference
@@ -362,6 +369,7 @@ def _poisoned_target_forward(monkeypatch):
   monkeypatch.setattr(transformer, "forward", forward)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(reference, stories_path, data_dir,
                                                           target, tmp_path, monkeypatch):
   ref_dir, _, _ = reference
@@ -383,6 +391,7 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(reference, stories_pa
 
 # --- cached features and bfloat16 compute ----------------------------------------------------
 
+@pytest.mark.slow
 def test_cached_features_run_matches_online_run(reference, stories_path, data_dir, target,
                                                 tmp_path):
   """data.features=cached (bfloat16 features from one target pass) trains like the online
@@ -425,6 +434,7 @@ def test_draft_vocab_logits_and_bfloat16_step(target):
   assert losses["bfloat16"] != losses["float32"]  # it did compute in bfloat16
 
 
+@pytest.mark.slow
 def test_init_head_from_target(reference, target):
   _, config, _ = reference
   config = config.copy_and_resolve_references()
@@ -443,6 +453,7 @@ def test_init_head_from_target(reference, target):
   assert not np.allclose(np.asarray(fresh.lm_head[...]), np.asarray(d.lm_head[...]))
 
 
+@pytest.mark.slow
 def test_feature_scale_tames_massive_dimensions(reference, target):
   """feature_scale: 1 for ordinary dimensions, below 1 exactly where a dimension's RMS exceeds
   its layer's median (a planted massive activation here); the fc update rows follow it."""

@@ -14,6 +14,7 @@ from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
 from ppow_jax.models import hf_checkpoint
 
 NEW = 24
+pytestmark = pytest.mark.slow  # a 135M-parameter target, against transformers
 QUESTIONS = [
     "What is the capital of France?", "Write a haiku about rain.",
     "Give me three tips for better sleep.", "What is 17 times 3?",
