@@ -410,6 +410,11 @@ def test_vocab_coverage_and_target_argmax(stories_path):
   seen = np.array([1, 6, 2, 0, 1])
   # size 1 holds token 0; size 2 adds token 2 (tie with 3 broken by the lower id); all: 1.
   assert vocab.coverage(choice, seen, [1, 2, 5]) == {1: 0.1, 2: 0.3, 5: 1.0}
+  # target_argmax: argmax counts first, then response frequency (unseen argmaxes are not ranked
+  # by id).
+  ranked = vocab.by_argmax_then_frequency([0, 2, 0, 2, 0], [9, 1, 0, 5, 7])
+  d2t, _ = vocab.build_vocab_maps(ranked, 3)
+  assert (np.arange(3) + d2t).tolist() == [0, 1, 3]
   model = load_model(stories_path)
   cfg, params = model.cfg, model.params()
   seqs = [(np.array([1, 5, 9, 14, 30, 2, 7], np.int32),

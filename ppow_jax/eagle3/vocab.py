@@ -42,6 +42,13 @@ def build_vocab_maps(token_counts, draft_vocab_size: int) -> tuple[np.ndarray, n
   return d2t, t2d
 
 
+def by_argmax_then_frequency(argmax_counts, frequency_counts) -> np.ndarray:
+  """Counts that rank tokens by the target's argmax counts, ties (e.g. the many tokens a small
+  sample never saw predicted) by their frequency in the responses."""
+  a, f = np.asarray(argmax_counts, np.int64), np.asarray(frequency_counts, np.int64)
+  return a * (int(f.max(initial=0)) + 1) + f
+
+
 def coverage(choice_counts, argmax_counts, sizes: Sequence[int]) -> dict[int, float]:
   """Per draft-vocabulary size, the share of the target's argmaxes (`argmax_counts` [V], e.g.
   on held-out responses) that the vocabulary chosen from `choice_counts` [V] holds."""

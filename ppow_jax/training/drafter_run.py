@@ -312,7 +312,9 @@ def init_drafter(config, target: Target, train_records, start=None) -> e3.Eagle3
                                  seq_len=config.data.seq_len)
     print(f"draft vocabulary: the {vd} tokens the target predicts most often at "
           f"{int(counts.sum())} response positions of {len(sample)} training sequences "
-          f"({vocab.coverage(counts, counts, [vd])[vd]:.1%} of them)", flush=True)
+          f"({vocab.coverage(counts, counts, [vd])[vd]:.1%} of them), then the most frequent",
+          flush=True)
+    counts = vocab.by_argmax_then_frequency(counts, selfdistill.token_counts(train_records, v))
   else:
     counts = selfdistill.token_counts(train_records, v)
   d2t, t2d = build_vocab_maps(counts, vd)
