@@ -1,0 +1,231 @@
+"""Fail safe (issue 28), through the real command line: every user error is one line naming the
+field, file or value, exit status 2, no traceback, refused before the work it would spoil;
+Ctrl-C / SIGTERM end in one line and 130 / 143, and decode and eval keep their finished batches
+and resume on a rerun; a failed start leaves an earlier run's config.json alone."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ppow_jax import assets, run_files
+from ppow_jax.training import metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GSM8K = assets.GSM8K
+RUN_MAIN = "import runpy; runpy.run_module('ppow_jax.main', run_name='__main__', alter_sys=True)"
+
+
+def _kill_self_after(calls: int, name: str, signum: str) -> str:
+  """A `python -c` prelude: the process sends itself `signum` when runner.decode's `name`
+  (a batch callback or the function itself) has been called `calls` times, as Ctrl-C would."""
+  return f"""
+import os, signal
+from ppow_jax.decoding import runner
+_decode, _n = runner.decode, [0]
+def _count():
+  _n[0] += 1
+  if _n[0] == {calls}:
+    os.kill(os.getpid(), signal.{signum})
+def _wrapped(*a, **k):
+  if {name!r} == 'decode':
+    _count()
+    return _decode(*a, **k)
+  on_batch = k.pop('on_batch')
+  return _decode(*a, on_batch=lambda i, r: (on_batch(i, r), _count()), **k)
+runner.decode = _wrapped
+"""
+
+
+def _main(*args, prelude=None, env=None):
+  cmd = ([sys.executable, "-c", prelude + RUN_MAIN] if prelude
+         else [sys.executable, "-m", "ppow_jax.main"])
+  env = {k: v for k, v in (env or os.environ).items() if k not in ("XLA_FLAGS", "PPOW_DEBUG")}
+  env.update(JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+  return subprocess.run([*cmd, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def _one_line(res, status: int, *needles) -> str:
+  """`status`, one line on stderr holding every needle, no traceback; returns the line."""
+  out = res.stdout + res.stderr
+  assert res.returncode == status, out[-3000:]
+  assert "Traceback" not in out, out[-3000:]
+  lines = [line for line in res.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, res.stderr[-3000:]
+  for needle in needles:
+    assert needle in lines[0], (needle, lines[0])
+  return lines[0]
+
+
+def _decode(workdir, target, *overrides, **kw):
+  return _main("--config", "configs/decode.py", "--workdir", workdir,
+               f"--config.target.path={target}", f"--config.data.prompts={GSM8K}", *overrides,
+               **kw)
+
+
+@pytest.mark.e2e
+def test_numbers_must_be_finite(tmp_path, stories_path):
+  _one_line(_decode(tmp_path / "d", stories_path, "--config.decode.temperature=inf"), 2,
+            "error: config.decode.temperature=inf: must be a finite number >= 0.0")
+  assert not (tmp_path / "d").exists()  # refused before the workdir is even made
+  _one_line(_main("--config", "configs/sft.py", "--workdir", tmp_path / "s",
+                  f"--config.target.path={stories_path}", "--config.optim.learning_rate=-inf"),
+            2, "error: config.optim.learning_rate=-inf: must be a finite number > 0.0")
+  _one_line(_main("--config", "configs/eval.py", "--workdir", tmp_path / "e",
+                  f"--config.target.path={stories_path}", "--config.eval.temperatures=0,nan"),
+            2, "error: config.eval.temperatures: 'nan' is not a finite number")
+
+
+def _truncate(path, keep: int):
+  with open(path, "r+b") as f:
+    f.truncate(keep)
+
+
+@pytest.mark.e2e
+def test_truncated_weight_files_say_so_with_sizes(tmp_path, stories_path):
+  target = tmp_path / "target"
+  shutil.copytree(stories_path, target)
+  weights = target / "model.safetensors"
+  size = os.path.getsize(weights)
+  _truncate(weights, size - 1000)  # a partial download: header intact, data cut short
+  _one_line(_decode(tmp_path / "w", target), 2,
+            f"error: {weights}: truncated safetensors file: {size - 1000} bytes, its header "
+            f"describes {size}")
+  import gguf
+  path = str(tmp_path / "cut.gguf")
+  writer = gguf.GGUFWriter(path, "llama")
+  writer.add_tensor("token_embd.weight", np.ones((64, 32), np.float32))
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  full = os.path.getsize(path)
+  _truncate(path, full - 512)
+  _one_line(_main("--config", "configs/convert.py", "--workdir", tmp_path / "c",
+                  f"--config.source={path}"), 2,
+            f"error: {path}: truncated GGUF file: {full - 512} bytes, its tensors need {full}")
+
+
+@pytest.mark.e2e
+def test_an_unusable_workdir_is_named(tmp_path, stories_path):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  _one_line(_decode(a_file, stories_path), 2,
+            f"error: --workdir={a_file}: the run directory is a file, not a directory")
+  _one_line(_decode(a_file / "run", stories_path), 2,
+            f"error: --workdir={a_file / 'run'}: the run directory cannot be made: {a_file} is a "
+            "file")
+  _one_line(_decode("/proc/ppow_run", stories_path), 2,
+            "error: --workdir=/proc/ppow_run: the run directory cannot be")
+
+
+@pytest.mark.e2e
+def test_a_model_cache_under_a_file_is_named(tmp_path):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  _one_line(_main("--config", "configs/fetch.py", "--workdir", tmp_path / "f",
+                  f"--config.cache_dir={a_file / 'cache'}"), 2,
+            f"error: config.cache_dir={a_file / 'cache'}: the model cache cannot be made: {a_file} "
+            "is a file")
+  _one_line(_main("--config", "configs/fetch.py", "--workdir", tmp_path / "f",
+                  env={**os.environ, "PPOW_JAX_CACHE": str(a_file)}), 2,
+            f"error: PPOW_JAX_CACHE={a_file}: the model cache is a file, not a directory")
+
+
+@pytest.mark.e2e
+def test_decode_tree_is_checked_before_any_work(tmp_path, stories_path):
+  for tree, needle in (("6,4", "'6,4' is not 'depth,topk,num_nodes'"),
+                       ("6,4,1000", "num_nodes=1000 exceeds 1 + topk + (depth-1)*topk^2 = 85")):
+    _one_line(_decode(tmp_path / "w", stories_path, f"--config.drafter.path={stories_path}",
+                      f"--config.decode.tree={tree}"), 2,
+              f"error: config.decode.tree: {needle}")
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.e2e
+def test_ppow_refuses_a_plain_lm_before_generating_data(tmp_path, stories_path):
+  _one_line(_main("--config", "configs/ppow.py", "--workdir", tmp_path,
+                  f"--config.target.path={stories_path}",
+                  f"--config.drafter.init_from={stories_path}"), 2,
+            f"error: config.drafter.init_from={stories_path}: ", "is not an EAGLE-3 drafter")
+  assert not (tmp_path / "data").exists()  # no self-distillation data was generated
+
+
+@pytest.mark.e2e
+def test_a_failed_start_keeps_the_earlier_config_json(tmp_path, stories_path):
+  earlier = {"mode": "decode", "note": "the earlier run's config"}
+  (tmp_path / "config.json").write_text(json.dumps(earlier))
+  # The context overflow is found by the mode (it needs the target), after the config checks.
+  _one_line(_decode(tmp_path, stories_path, "--config.decode.max_new_tokens=100000"), 2,
+            "error: the longest prompt", "exceeds the target's max_position_embeddings")
+  assert json.loads((tmp_path / "config.json").read_text()) == earlier
+
+
+@pytest.mark.e2e
+def test_sigint_mid_decode_keeps_the_finished_batches_and_a_rerun_resumes(tmp_path, stories_path):
+  args = (tmp_path, stories_path, "--config.data.limit=6", "--config.decode.max_new_tokens=8",
+          "--config.decode.batch_size=2")
+  res = _decode(*args, prelude=_kill_self_after(2, "on_batch", "SIGINT"))
+  _one_line(res, 130, "interrupted (SIGINT)", "rerun the same command to resume")
+  partial = [json.loads(line) for line in (tmp_path / "decode.partial.jsonl").open()]
+  assert [e["batch"] for e in partial[1:]] == [0, 1]  # after the settings line
+  assert not (tmp_path / "decode.jsonl").exists()
+  res = _decode(*args)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "resuming: 2 of 3 batches decoded before" in res.stdout
+  records = [json.loads(line) for line in (tmp_path / "decode.jsonl").open()]
+  assert len(records) == 6
+  kept = [r for e in partial[1:] for r in e["records"]]
+  assert records[:4] == kept  # taken over as they were (their timings too), not decoded again
+  assert not (tmp_path / "decode.partial.jsonl").exists()
+
+
+@pytest.mark.e2e
+def test_sigterm_mid_eval_keeps_the_finished_batches_and_a_rerun_resumes(tmp_path, stories_path):
+  args = ("--config", "configs/eval.py", "--workdir", tmp_path,
+          f"--config.target.path={stories_path}", "--config.drafters=",
+          f"--config.data.benchmarks={GSM8K}", "--config.data.limit_per_category=3",
+          "--config.eval.temperatures=0", "--config.eval.windows=",
+          "--config.eval.max_new_tokens=8", "--config.eval.progress=False")
+  # One decode per batch (the baseline alone): the third call starts the third batch.
+  res = _main(*args, prelude=_kill_self_after(3, "decode", "SIGTERM"))
+  _one_line(res, 143, "interrupted (SIGTERM)")
+  partial = [json.loads(line) for line in (tmp_path / "eval.partial.jsonl").open()][1:]
+  assert [e["start"] for e in partial] == [0, 1]
+  res = _main(*args)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "resuming: 2 batches decoded before" in res.stdout
+  report = json.loads((tmp_path / "report.json").read_text())
+  assert sum(report["num_prompts"].values()) == 3
+  assert report["results"]["0"]["autoregressive"]["overall"]["num_tokens"] == 3 * 8
+  assert not (tmp_path / "eval.partial.jsonl").exists()
+
+
+def test_batch_log_resumes_only_its_own_settings_and_drops_a_cut_off_line(tmp_path):
+  path = str(tmp_path / "x.partial.jsonl")
+  log = run_files.BatchLog(path, {"seed": 0, "k": (1, 2)})
+  assert log.entries == []
+  log.append({"batch": 0})
+  log.append({"batch": 1})
+  with open(path, "a") as f:
+    f.write('{"batch": 2, "rec')  # cut off by a crash mid-write
+  assert run_files.BatchLog(path, {"seed": 0, "k": (1, 2)}).entries == [{"batch": 0},
+                                                                         {"batch": 1}]
+  assert open(path).read().count("\n") == 3  # the cut-off line is gone from the file too
+  assert run_files.BatchLog(path, {"seed": 1, "k": (1, 2)}).entries == []  # other settings
+  assert run_files.BatchLog(path, {"seed": 0, "k": (1, 2)}).entries == []  # started afresh
+
+
+def test_non_finite_loss_never_claims_a_checkpoint_that_does_not_exist():
+  with pytest.raises(metrics.NonFiniteLossError) as e:
+    metrics.check_finite(1, float("nan"), None)
+  assert "no checkpoint was written before it" in str(e.value)
+  assert "step None" not in str(e.value)
+  with pytest.raises(metrics.NonFiniteLossError, match=r"checkpoint \(step 4\) is kept"):
+    metrics.check_finite(5, float("inf"), 4)
