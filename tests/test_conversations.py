@@ -194,11 +194,14 @@ def test_loss_only_on_assistant_turns_with_their_end_of_turn_token(smol_tok):
     # Every token outside the runs is a system/user/header token: none has loss.
     user_sys = smol_tok.decode(enc.ids[~enc.loss_mask].tolist())
     assert "Name a red fruit." in user_sys and "apple" not in user_sys
-  # The mask reaches training: the batch's loss_mask is the record's own.
+  # The mask reaches training: a slot's target distribution (over the next token) is trained
+  # exactly where that next token is an assistant token.
   records = _MaskRecords([(enc.ids, enc.loss_mask)])
   batch = selfdistill.SequenceData(records, seq_len=len(enc.ids) + 3, batch_size=1).batch(0)
-  assert batch["loss_mask"][0, :len(enc.ids)].tolist() == enc.loss_mask.tolist()
-  assert not batch["loss_mask"][0, len(enc.ids):].any()
+  trained = np.flatnonzero(batch["loss_mask"][0])
+  assert trained.tolist() == (np.flatnonzero(enc.loss_mask) - 1).tolist()
+  predicted = smol_tok.decode(enc.ids[trained + 1].tolist())
+  assert predicted == "An apple.<|im_end|>A banana.<|im_end|>"
 
 
 class _MaskRecords(list):

@@ -168,8 +168,9 @@ class SequenceData:
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """tokens [B, T]; valid [B, T]; loss_mask [B, T] (1 on response tokens: the tokens after
-    the prompt, or the records' own loss mask (conversations: the assistant turns) where they
-    carry one; with loss_on_prompt, every token after the first)."""
+    the prompt; with loss_on_prompt, every token after the first). Records that carry their own
+    token mask (conversations: the assistant turns) mark the slots whose next token it holds,
+    so the distributions trained are exactly those over assistant tokens."""
     b = self.batch_size
     idx = self.rows(step)
     masks = getattr(self.records, "loss_mask", None)
@@ -182,7 +183,10 @@ class SequenceData:
       tokens[row, :len(seq)] = seq
       valid[row, :len(seq)] = True
       if masks is not None and not self.loss_on_prompt:
-        loss_mask[row, :len(seq)] = masks(i)[:len(seq)]
+        # A slot's target distribution is over the next token: trained where that token is a
+        # response token (the record's mask marks tokens).
+        nxt = masks(i)[1:1 + len(seq)]
+        loss_mask[row, :len(nxt)] = nxt
       else:
         loss_mask[row, 1 if self.loss_on_prompt else plen:len(seq)] = True
     return {"tokens": tokens, "valid": valid, "loss_mask": loss_mask}
