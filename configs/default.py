@@ -28,7 +28,7 @@ import os
 
 import ml_collections
 
-from ppow_jax.pipeline import target_lm
+from ppow_jax.toy_target import target_lm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -58,7 +58,7 @@ def toy_config():
   c.workdir = "runs/toy"
   c.seed = 0
   c.target = ml_collections.ConfigDict(dict(path="", source="toy"))  # train the embedded target
-  # Stage 1: every field of ppow_jax.pipeline.target_lm.TargetLMSettings (a 1500-step budget).
+  # Stage 1: every field of ppow_jax.toy_target.target_lm.TargetLMSettings (a 1500-step budget).
   c.target_lm = ml_collections.ConfigDict(dataclasses.asdict(target_lm.TargetLMSettings()))
   # Prompts cut from the target's training text (self-distillation) and held-out files (eval).
   c.prompts = ml_collections.ConfigDict(dict(num_train=512, num_eval=24, prompt_chars=160))

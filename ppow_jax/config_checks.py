@@ -393,7 +393,7 @@ def _eval(f: Fields, in_pipeline: bool = False):
 
 
 def _pipeline(f: Fields):
-  from ppow_jax.pipeline import target_lm
+  from ppow_jax.toy_target import target_lm
   _target(f, required=False)
   from ppow_jax.models import registry
   source = f.config.target.get("source", "toy")

@@ -1,4 +1,4 @@
-"""Pipeline stage 1: stdlib corpus, BPE tokenizer, packing, training, and the target directory."""
+"""The toy target (ppow_jax.toy_target): stdlib corpus, BPE tokenizer, packing, training, and the target directory."""
 
 import importlib.util
 import json
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from ppow_jax.models import hf_checkpoint, transformer
-from ppow_jax.pipeline import corpus
-from ppow_jax.pipeline import target_lm as tl
+from ppow_jax.toy_target import corpus
+from ppow_jax.toy_target import target_lm as tl
 
 
 def _load_default_config():

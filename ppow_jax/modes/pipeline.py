@@ -1,7 +1,10 @@
 """The whole PPOW story on one command (configs/default.py), each finished stage cached.
 
-  1. target: a small LLaMA trained on the interpreter's standard library (or --config.target.path)
-  2. self-distillation data from that target
+  1. target: a local checkpoint (--config.target.path), a registry model fetched once
+     (target.source, e.g. SmolLM2-135M-Instruct, the default) or the embedded toy
+     (target.source=toy: a small LLaMA trained here on the standard library, ppow_jax.toy_target)
+  2. self-distillation data from that target (prompts from files, written by the target itself,
+     or, for the toy, cut from its own training text)
   3. the token-level EAGLE-3 drafter (configs/sft.py)
   4. PPOW fine-tuning from it (configs/ppow.py)
   5. with `window_choice`, the draft length K (or a draft tree) measured on held-out prompts;
@@ -21,7 +24,7 @@ from typing import Any, NamedTuple
 from absl import logging
 
 from ppow_jax import run_files
-from ppow_jax.pipeline import corpus, prompts_from_corpus, target_lm
+from ppow_jax.toy_target import corpus, prompts_from_corpus, target_lm
 from ppow_jax.progress import duration
 
 

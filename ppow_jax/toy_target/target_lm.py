@@ -1,7 +1,7 @@
-"""Pipeline stage 1: a small LLaMA target LM trained locally on Python source, with no download.
+"""The toy target: a small LLaMA LM trained locally on Python source, with no download.
 
-The default pipeline needs a target model on a fresh, offline machine. This stage trains a
-byte-level BPE tokenizer and a tiny LLaMA on the interpreter's standard library
+Stage 1 of the toy pipeline (`configs/default.py:toy`), for quick offline runs and tests. It
+trains a byte-level BPE tokenizer and a tiny LLaMA on the interpreter's standard library
 (`corpus.stdlib_corpus`) within a few CPU minutes, and writes a Hugging Face directory
 (`config.json`, `model.safetensors`, `tokenizer.json`, ...) that both ppow_jax and transformers
 read. The directory is built under a temporary name and renamed into place once complete, and
@@ -27,7 +27,7 @@ import optax
 
 from ppow_jax.models import hf_checkpoint, transformer
 from ppow_jax.models.config import ModelConfig
-from ppow_jax.pipeline import corpus
+from ppow_jax.toy_target import corpus
 from ppow_jax.progress import Progress
 
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"

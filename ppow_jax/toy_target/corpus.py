@@ -1,6 +1,6 @@
 """A text corpus that every machine with Python already has: the interpreter's standard library.
 
-The default pipeline must run offline with nothing downloaded, so its target LM is trained on the
+The toy pipeline runs offline with nothing downloaded, so its target LM is trained on the
 `*.py` source files of the running interpreter's standard library
 (`sysconfig.get_paths()["stdlib"]`). The corpus is therefore deterministic for a given Python
 build (the same version on another OS or patch release may ship slightly different files).

@@ -1,4 +1,4 @@
-"""Prompt files for the default pipeline, cut from the target's own training / held-out text."""
+"""Prompt files for the toy pipeline, cut from the toy target's own training / held-out text."""
 
 from __future__ import annotations
 
