@@ -136,6 +136,22 @@ def test_records_without_user_or_assistant_are_skipped_and_counted(tmp_path):
                                         ("assistant", "Hi!")))
 
 
+def test_prompt_reader_skips_conversations_without_a_user_turn(tmp_path, caplog):
+  """Real chat logs hold empty turns and model-only records: the prompt reader skips them with
+  one warning instead of refusing the file (a file of nothing else stays an error)."""
+  records = [SHAREGPT[0], {"id": "e", "conversations": []},
+             {"id": "f", "conversations": [{"from": "human", "value": " "},
+                                           {"from": "gpt", "value": "Hi"}]}, SHAREGPT[2]]
+  path = tmp_path / "chats.json"
+  path.write_text(json.dumps(records))
+  with caplog.at_level(logging.WARNING):
+    got = load_prompts(str(path))
+  assert [p.id for p in got] == ["a", "c"] and got[0].turns == ("Name a red fruit.",
+                                                                "And a yellow one?")
+  [warning] = _warnings(caplog)
+  assert "skipped 2 conversations without a user turn" in warning and "record 1" in warning
+
+
 def test_a_file_without_assistant_turns_is_a_clear_error(tmp_path):
   path = tmp_path / "questions.json"
   path.write_text(json.dumps([{"conversations": [{"from": "human", "value": "Why?"}]},

@@ -66,17 +66,20 @@ def _text(where: str, obj: Mapping, key: str) -> str:
 
 def _user_turns(where: str, turns, role_key: str, text_key: str, user_roles: tuple) -> tuple:
   """The user turns of a ShareGPT / OpenAI-chat conversation list, checked."""
-  if not isinstance(turns, list) or not turns:
-    raise PromptFileError(f"{where}: expected a non-empty list of turns, got {turns!r:.80}")
+  if not isinstance(turns, list):
+    raise PromptFileError(f"{where}: expected a list of turns, got {turns!r:.80}")
   out = []
   for n, turn in enumerate(turns):
     if not isinstance(turn, dict) or role_key not in turn or text_key not in turn:
       raise PromptFileError(f"{where}: turn {n} must be an object with {role_key!r} and "
                             f"{text_key!r}, got {turn!r:.80}")
     if turn[role_key] in user_roles:
-      out.append(_text(f"{where}: turn {n}", turn, text_key))
-  if not out:
-    raise PromptFileError(f"{where}: no user turn ({role_key!r} in {list(user_roles)})")
+      text = turn[text_key]
+      if not isinstance(text, str):
+        raise PromptFileError(f"{where}: turn {n}: field {text_key!r} must be a string, got "
+                              f"{text!r:.80}")
+      if text.strip():  # real chat logs hold empty turns; they ask nothing
+        out.append(text)
   return tuple(out)
 
 
@@ -89,8 +92,9 @@ def _joined(where: str, obj: Mapping, key: str, extra: str) -> str:
   return f"{text}\n\n{more}" if more and more.strip() else text
 
 
-def _parse_record(where: str, obj, index: int) -> Prompt:
-  """One JSON object -> Prompt; `index` is the 0-based record number, used for default ids."""
+def _parse_record(where: str, obj, index: int) -> Prompt | None:
+  """One JSON object -> Prompt; `index` is the 0-based record number, used for default ids.
+  None for a conversation without a (non-empty) user turn."""
   if not isinstance(obj, dict):
     raise PromptFileError(f"{where}: expected a JSON object, got {type(obj).__name__}")
   pid = lambda default: str(obj["id"]) if "id" in obj else default
@@ -108,10 +112,10 @@ def _parse_record(where: str, obj, index: int) -> Prompt:
     return Prompt(f"gsm8k/{index}", "gsm8k", (_text(where, obj, "question"),))
   if "conversations" in obj:  # ShareGPT
     turns = _user_turns(where, obj["conversations"], "from", "value", ("human", "user"))
-    return Prompt(pid(str(index)), category("sharegpt"), turns)
+    return Prompt(pid(str(index)), category("sharegpt"), turns) if turns else None
   if "messages" in obj:  # OpenAI chat
     turns = _user_turns(where, obj["messages"], "role", "content", ("user",))
-    return Prompt(pid(str(index)), category("chat"), turns)
+    return Prompt(pid(str(index)), category("chat"), turns) if turns else None
   if "instruction" in obj and "context" in obj:  # Dolly
     return Prompt(pid(str(index)), category("dolly"), (_joined(where, obj, "instruction", "context"),))
   if "instruction" in obj:  # Alpaca
@@ -299,17 +303,27 @@ def _read_prompts(path: str) -> list[Prompt]:
   else:
     raise PromptFileError(f"{path}: unsupported prompt file extension; expected one of "
                           f"{_JSONL_SUFFIXES + _JSON_SUFFIXES + _TEXT_SUFFIXES}")
-  prompts, first_seen = [], {}
+  prompts, first_seen, no_user = [], {}, []
   for where, obj in _records(path, kind):
     if kind == "text":
       prompt = Prompt(str(len(prompts)), "default", (obj,))
     else:
-      prompt = _parse_record(where, obj, len(prompts))
+      prompt = _parse_record(where, obj, len(prompts) + len(no_user))
+    if prompt is None:
+      no_user.append(where)
+      continue
     if prompt.id in first_seen:
       raise PromptFileError(f"{where}: duplicate prompt id {prompt.id!r} "
                             f"(first seen at {first_seen[prompt.id]})")
     first_seen[prompt.id] = where
     prompts.append(prompt)
+  if no_user and not prompts:
+    raise PromptFileError(f"{no_user[0]}: no user turn (a conversation with no non-empty "
+                          "'human'/'user' turn)" + (f"; nor in the {len(no_user) - 1} other "
+                                                    "records" if len(no_user) > 1 else ""))
+  if no_user:
+    logging.warning("%s: skipped %d conversations without a user turn (the first: %s)", path,
+                    len(no_user), no_user[0])
   if not prompts:
     raise PromptFileError(f"{path}: no prompts (the file is empty or blank)")
   return prompts
