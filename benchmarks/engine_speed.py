@@ -20,6 +20,7 @@ share the cores. --clock wall times wall seconds with XLA's default threading (a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -42,8 +43,15 @@ from ppow_jax.models.transformer import Transformer, forward, is_unstacked  # no
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
-def step_loop(cfg, params, cache_len, fill, width, inner):
-  """A thunk running `inner` chained `width`-token cached forwards with `fill` committed slots.
+@functools.partial(jax.jit, static_argnums=0)
+def _fill_cache(cfg, params, prompt, cache):
+  """The cache after a forward over `prompt` (jitted once per config and shapes)."""
+  return forward(cfg, params, prompt, cache=cache, return_logits=False).cache
+
+
+def step_loop(cfg, params, cache_len, fill, width, inner, batch=1):
+  """A thunk running `inner` chained `width`-token cached forwards with `fill` committed slots
+  in each of `batch` rows.
 
   Each step carries the cache and feeds tokens that depend on the previous logits, as the
   engine's loop does.
@@ -53,17 +61,17 @@ def step_loop(cfg, params, cache_len, fill, width, inner):
   def loop(p, x, c):
     def body(_, carry):
       x, c = carry
-      out = forward(cfg, p, x, cache=c.with_lengths(jnp.full((1,), fill, jnp.int32)))
+      out = forward(cfg, p, x, cache=c.with_lengths(jnp.full((batch,), fill, jnp.int32)))
       x = (x + jnp.argmax(out.logits[:, -1:], axis=-1).astype(x.dtype)) % cfg.vocab_size
       return x, out.cache
     return jax.lax.fori_loop(0, inner, body, (x, c))
 
   # Stacked weights run under lax.scan over one stacked cache; `unstack`ed (decode-layout)
   # ones over per-layer caches, as the engine decodes.
-  cache = KVCache.init(cfg, 1, cache_len, per_layer=is_unstacked(params))
-  prompt = jax.random.randint(jax.random.key(1), (1, fill), 0, cfg.vocab_size)
-  cache = jax.jit(lambda p, x, c: forward(cfg, p, x, cache=c).cache)(params, prompt, cache)
-  x = jax.random.randint(jax.random.key(2), (1, width), 0, cfg.vocab_size)
+  cache = KVCache.init(cfg, batch, cache_len, per_layer=is_unstacked(params))
+  prompt = jax.random.randint(jax.random.key(1), (batch, fill), 0, cfg.vocab_size)
+  cache = _fill_cache(cfg, params, prompt, cache)
+  x = jax.random.randint(jax.random.key(2), (batch, width), 0, cfg.vocab_size)
   return lambda: loop(params, x, cache)
 
 

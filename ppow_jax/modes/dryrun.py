@@ -179,12 +179,17 @@ class Plan:
     return (param_table(self.drafter, self.drafter_sh, "drafter")
             + param_table(self.target, self.target_sh, "target"))
 
-  def lower(self):
-    """The jitted step lowered on abstract, sharded arguments (as loop.run_loop jits it)."""
+  def lower(self, step_fn=None):
+    """The jitted step lowered on abstract, sharded arguments (as loop.run_loop jits it).
+
+    step_fn: any (state, target_params, d2t, batch, rng) -> (state, metrics) over this plan's
+    shapes, e.g. the token-level step (`modes.sft.make_train_step`); default the PPOW step.
+    """
     from ppow_jax.ppow.step import make_ppow_step
 
     repl = sharding.replicated(self.mesh)
-    step_fn = make_ppow_step(self.tcfg, self.dcfg, self.optimizer, self.settings, self.capacity)
+    if step_fn is None:
+      step_fn = make_ppow_step(self.tcfg, self.dcfg, self.optimizer, self.settings, self.capacity)
     jitted = jax.jit(
         step_fn, donate_argnums=(0,),
         in_shardings=(self.state_sh, self.target_sh, repl, self.batch_sh, None),
