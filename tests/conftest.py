@@ -24,6 +24,7 @@ from scipy import stats  # noqa: E402
 
 from ppow_jax import assets  # noqa: E402
 from ppow_jax.decoding import sampling  # noqa: E402
+from ppow_jax.eagle3 import Eagle3Drafter, build_vocab_maps  # noqa: E402
 from ppow_jax.models import transformer  # noqa: E402
 from ppow_jax.models.config import ModelConfig  # noqa: E402
 from ppow_jax.models.hf_checkpoint import load_model  # noqa: E402
@@ -66,6 +67,23 @@ def target(stories_path):
   """stories260k as (cfg, params)."""
   model = load_model(stories_path)
   return model.cfg, model.params()
+
+
+def random_eagle3_drafter(cfg, seed=0, scale=0.3):
+  """An EAGLE-3 drafter whose every weight is random (norm scales 1 + 0.3 N(0, 1), the others
+  `scale` N(0, 1)), with a non-trivial draft vocabulary map: nothing cancels by accident."""
+  d = Eagle3Drafter(cfg, rngs=nnx.Rngs(seed))
+  state = nnx.state(d, nnx.Param)
+  keys = iter(jax.random.split(jax.random.key(seed + 1), 64))
+  rand = jax.tree.map(
+      lambda x: (1.0 + 0.3 * jax.random.normal(next(keys), x.shape) if x.ndim == 1
+                 else scale * jax.random.normal(next(keys), x.shape)).astype(x.dtype),
+      nnx.to_pure_dict(state))
+  nnx.replace_by_pure_dict(state, rand)
+  nnx.update(d, state)
+  counts = np.random.default_rng(seed).integers(0, 100, cfg.vocab_size)
+  d.set_vocab_maps(*build_vocab_maps(counts, cfg.draft_vocab_size))
+  return d
 
 
 def pad(rows, width, seed=0, vocab=500):

@@ -17,6 +17,8 @@ from ppow_jax.models import safetensors_io
 from ppow_jax.models.config import ConfigError, ModelConfig
 from ppow_jax.models.hf_checkpoint import CheckpointError
 
+from conftest import random_eagle3_drafter
+
 V, VD, H, HT = 64, 16, 32, 48
 
 
@@ -26,22 +28,6 @@ def _cfg(**kw):
               target_hidden_size=HT, aux_layers=(1, 2, 3))
   base.update(kw)
   return Eagle3Config(**base)
-
-
-def _random_drafter(cfg, seed=0):
-  """A drafter whose every weight (norm scales included) is random, with a non-trivial vocab map."""
-  d = Eagle3Drafter(cfg, rngs=nnx.Rngs(seed))
-  state = nnx.state(d, nnx.Param)
-  keys = iter(jax.random.split(jax.random.key(seed + 1), 64))
-  rand = jax.tree.map(
-      lambda x: (1.0 + 0.3 * jax.random.normal(next(keys), x.shape) if x.ndim == 1
-                 else 0.3 * jax.random.normal(next(keys), x.shape)).astype(x.dtype),
-      nnx.to_pure_dict(state))
-  nnx.replace_by_pure_dict(state, rand)
-  nnx.update(d, state)
-  counts = np.random.default_rng(seed).integers(0, 100, cfg.vocab_size)
-  d.set_vocab_maps(*build_vocab_maps(counts, cfg.draft_vocab_size))
-  return d
 
 
 # --- layer math against an independent torch re-implementation ----------------------------
@@ -94,7 +80,7 @@ def _torch_reference(cfg, hf, emb, aux, norm_before_residual):
 def test_forward_matches_torch_reference(norm_before_residual):
   from ppow_jax.eagle3.checkpoint import hf_tensors
   cfg = _cfg(norm_before_residual=norm_before_residual)
-  d = _random_drafter(cfg)
+  d = random_eagle3_drafter(cfg)
   k1, k2, k3 = jax.random.split(jax.random.key(7), 3)
   embed = jax.random.normal(k1, (V, H))
   tokens = jax.random.randint(k2, (2, 6), 0, V)
@@ -110,7 +96,7 @@ def test_forward_matches_torch_reference(norm_before_residual):
 
 def test_fuse_concatenates_low_mid_high_in_order():
   cfg = _cfg()
-  p = _random_drafter(cfg).params()
+  p = random_eagle3_drafter(cfg).params()
   parts = [jax.random.normal(jax.random.key(i), (1, 3, HT)) for i in range(3)]
   want = np.concatenate(parts, -1) @ np.asarray(p["fc"])
   np.testing.assert_allclose(fuse(p, parts), want, rtol=1e-5, atol=1e-5)
@@ -123,7 +109,7 @@ def test_fuse_concatenates_low_mid_high_in_order():
 
 def test_cached_forward_equals_uncached():
   cfg = _cfg(num_kv_heads=2)
-  d = _random_drafter(cfg, seed=3)
+  d = random_eagle3_drafter(cfg, seed=3)
   p = d.params()
   k1, k2, k3 = jax.random.split(jax.random.key(11), 3)
   embed = jax.random.normal(k1, (V, H))
@@ -229,7 +215,7 @@ EXPECTED_SHAPES = {
 
 @pytest.fixture
 def saved(tmp_path):
-  d = _random_drafter(_cfg(aux_layers=(2, 3, 5)), seed=1)
+  d = random_eagle3_drafter(_cfg(aux_layers=(2, 3, 5)), seed=1)
   path = str(tmp_path / "drafter")
   save_eagle3(d, path)
   return d, path
@@ -327,7 +313,7 @@ def test_full_vocab_export_omits_vocab_maps_and_reimports(tmp_path):
   """Draft vocabulary = target vocabulary: no d2t/t2d (vLLM creates its d2t parameter only for a
   reduced vocabulary, EAGLE drops both), the config fields the serving readers use, and an exact
   re-import with identity maps."""
-  d = _random_drafter(_cfg(draft_vocab_size=V, target_hidden_size=H))
+  d = random_eagle3_drafter(_cfg(draft_vocab_size=V, target_hidden_size=H))
   embed = np.random.default_rng(0).normal(size=(V, H)).astype(np.float32)
   path = str(tmp_path / "d")
   save_eagle3(d, path, embed_table=embed)
@@ -373,16 +359,16 @@ def test_drafter_on_real_target_features(stories_path):
 
 def test_export_warns_when_aux_layers_repeat(tmp_path, caplog):
   """vLLM and SGLang capture each target layer once: a repeated aux layer is not servable."""
-  save_eagle3(_random_drafter(_cfg(aux_layers=(1, 2, 3))), str(tmp_path / "ok"))
+  save_eagle3(random_eagle3_drafter(_cfg(aux_layers=(1, 2, 3))), str(tmp_path / "ok"))
   assert "capture each layer once" not in caplog.text
-  save_eagle3(_random_drafter(_cfg(aux_layers=(2, 2, 3))), str(tmp_path / "repeat"))
+  save_eagle3(random_eagle3_drafter(_cfg(aux_layers=(2, 2, 3))), str(tmp_path / "repeat"))
   assert "aux_layers=[2, 2, 3] name a layer twice" in caplog.text
 
 
 def _published_checkpoint(path, target_cfg, *, draft_vocab, embed, style, seed):
   """A drafter directory as EAGLE's repo or SpecForge's HF export writes it (random weights)."""
   from ppow_jax.eagle3.checkpoint import config_to_hf_dict, hf_tensors
-  d = _random_drafter(Eagle3Config.from_target(target_cfg, draft_vocab_size=draft_vocab), seed)
+  d = random_eagle3_drafter(Eagle3Config.from_target(target_cfg, draft_vocab_size=draft_vocab), seed)
   tensors = hf_tensors(d)
   tensors["d2t"] = np.asarray(d.d2t[...], np.int64)  # both write the maps, even for a full vocab
   tensors["t2d"] = np.asarray(d.t2d[...], np.bool_)

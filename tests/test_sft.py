@@ -27,6 +27,8 @@ from ppow_jax.training import drafter_run
 from ppow_jax.training.checkpoints import Checkpointer
 from ppow_jax.training.metrics import NonFiniteLossError, read_metrics
 
+from conftest import random_eagle3_drafter
+
 CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "sft.py"
 NUM_STEPS = 6
 
@@ -98,26 +100,10 @@ def _assert_trees_close(a, b, **tol):
 
 # --- TTT unroll == incremental decoding -----------------------------------------------------
 
-def _random_drafter(cfg, seed, scale=0.15):
-  """Every weight random (norm scales included), with a non-trivial draft vocabulary map."""
-  d = e3.Eagle3Drafter(cfg, rngs=nnx.Rngs(seed))
-  state = nnx.state(d, nnx.Param)
-  keys = iter(jax.random.split(jax.random.key(seed + 1), 64))
-  rand = jax.tree.map(
-      lambda x: (1.0 + 0.3 * jax.random.normal(next(keys), x.shape) if x.ndim == 1
-                 else scale * jax.random.normal(next(keys), x.shape)).astype(x.dtype),
-      nnx.to_pure_dict(state))
-  nnx.replace_by_pure_dict(state, rand)
-  nnx.update(d, state)
-  counts = np.random.default_rng(seed).integers(0, 100, cfg.vocab_size)
-  d.set_vocab_maps(*build_vocab_maps(counts, cfg.draft_vocab_size))
-  return d
-
-
 def test_ttt_unroll_equals_incremental_decoding(target):
   """Step i at slot j == prefill pairs 0..j-i, then i single steps on the drafter's own hidden."""
   cfg = e3.Eagle3Config.from_target(target.cfg, draft_vocab_size=96)
-  d = _random_drafter(cfg, seed=4)
+  d = random_eagle3_drafter(cfg, seed=4, scale=0.15)
   p, tp = d.params(), target.params()
   b, t, steps = 2, 11, 6
   tokens = jax.random.randint(jax.random.key(3), (b, t), 2, cfg.vocab_size).at[:, 0].set(1)
@@ -412,7 +398,7 @@ def test_draft_vocab_logits_and_bfloat16_step(target):
   """The target's logits restricted to the draft vocabulary equal the full logits' columns;
   a bfloat16-compute step keeps float32 weights and a loss close to the float32 step's."""
   cfg = e3.Eagle3Config.from_target(target.cfg, draft_vocab_size=128)
-  d = _random_drafter(cfg, seed=5)
+  d = random_eagle3_drafter(cfg, seed=5, scale=0.15)
   tp = target.params()
   x = jax.random.randint(jax.random.key(0), (2, 16), 0, target.cfg.vocab_size)
   out = transformer.forward(target.cfg, tp, x)
