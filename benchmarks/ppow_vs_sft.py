@@ -1,6 +1,6 @@
 """PPOW against token-level training as a study: arms x seeds at one CPU budget, paired bootstrap.
 
-  python benchmarks/ppow_vs_sft.py --target ../shared/models/stories260k \
+  python benchmarks/ppow_vs_sft.py --target ppow_jax/assets/stories260k \
     --start runs/study/sft_start/export --data_dir runs/study/data --cpu_minutes 4 \
     --out runs/study/ppow_vs_sft --eval_prompts 512
 
