@@ -15,6 +15,8 @@ import os
 import re
 import signal
 import sys
+import threading
+import time
 
 from absl import flags
 
@@ -52,6 +54,42 @@ def _raise_terminated(signum, frame):
 
 INTERRUPTED = ("interrupted ({signal}): finished work is kept (training checkpoints, decoded "
                "batches); rerun the same command to resume")
+GRACE_S = 5.0  # how long the main thread may take to see a signal before the watchdog exits
+_announced = threading.Event()  # the one `interrupted` line is out
+
+
+def _announce(signum: int):
+  if not _announced.is_set():
+    _announced.set()
+    sys.stdout.flush()
+    print(INTERRUPTED.format(signal=signal.Signals(signum).name), file=sys.stderr, flush=True)
+
+
+def _watch_signals():
+  """Exits GRACE_S after a SIGINT / SIGTERM that the main thread has not acted on.
+
+  Python runs signal handlers in the main thread between bytecodes, so a Ctrl-C that arrives
+  during a long compiled computation (a chunk of self-distillation answers takes minutes on a
+  CPU) would otherwise wait for it. The C-level handler writes the signal number to a wakeup
+  pipe at once; this thread reads it. Finished work is safe: outputs are written atomically or
+  as whole lines, and a checkpoint that is not finalized is ignored on resume.
+  """
+  r, w = os.pipe()
+  os.set_blocking(w, False)
+  try:
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+  except ValueError:  # not the main thread (e.g. called from a test harness): no watchdog
+    return
+
+  def watch():
+    while True:
+      signum = os.read(r, 1)[0]
+      if signum in (signal.SIGINT, signal.SIGTERM):
+        time.sleep(GRACE_S)
+        _announce(signum)
+        os._exit(128 + signum)
+
+  threading.Thread(target=watch, name="signal-watchdog", daemon=True).start()
 
 
 def run_main(main_fn):
@@ -60,14 +98,15 @@ def run_main(main_fn):
 
   def wrapped(argv):
     signal.signal(signal.SIGTERM, _raise_terminated)
+    if not debug_requested():
+      _watch_signals()
     try:
       return main_fn(argv)
     except KeyboardInterrupt as e:
       if debug_requested():
         raise
       sig = signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT
-      sys.stdout.flush()
-      print(INTERRUPTED.format(signal=sig.name), file=sys.stderr, flush=True)
+      _announce(sig)
       sys.exit(128 + sig)
     except Exception as e:  # noqa: BLE001 -- re-raised unless it is the user's to fix
       if debug_requested() or not user_errors.is_user_error(e):

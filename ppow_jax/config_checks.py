@@ -97,9 +97,9 @@ class Fields:
         self.fail(name, f"is empty: give {required}")
       return
     if kind == "file" and not os.path.isfile(v):
-      self.fail(name, "no such file")
+      self.fail(name, "is a directory, not a file" if os.path.isdir(v) else "no such file")
     if kind in ("dir", "model") and not os.path.isdir(v):
-      self.fail(name, "no such directory")
+      self.fail(name, "is a file, not a directory" if os.path.exists(v) else "no such directory")
     if kind == "model" and not os.path.isfile(os.path.join(v, "config.json")):
       self.fail(name, "has no config.json (expected a Hugging Face checkpoint directory)")
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ppow_jax.models import safetensors_io
-from ppow_jax.models.config import ModelConfig
+from ppow_jax.models.config import ConfigError, ModelConfig
 from ppow_jax.models.transformer import Transformer, layer_param_shapes
 from ppow_jax.user_errors import UserError
 
@@ -230,4 +230,9 @@ def load_tokenizer(path: str):
   from transformers import AutoTokenizer  # Deferred: importing transformers is slow.
   if not os.path.isdir(path):
     raise FileNotFoundError(f"tokenizer directory not found: {path}")
-  return AutoTokenizer.from_pretrained(path, local_files_only=True)
+  try:
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+  except (OSError, ValueError, ImportError, KeyError) as e:  # missing or unreadable files
+    reason = " ".join(str(e).split())[:300]
+    raise ConfigError(f"{path}: its tokenizer cannot be loaded (tokenizer.json missing or "
+                      f"unreadable?): {reason}") from None

@@ -56,12 +56,15 @@ def start_up(config):
 
 def prepare_start(config, workdir: str):
   """What must hold before the data is generated (minutes at the defaults): the prompt files
-  parse, the target loads, `drafter.init_from` (if set) is an EAGLE-3 drafter that fits the
-  target. Then the run's config is recorded. Returns (target, the init_from drafter or None)."""
+  parse, the target loads, `drafter.aux_layers` exist in it, `drafter.init_from` (if set) is an
+  EAGLE-3 drafter that fits it. Then the run's config is recorded. Returns (target, the
+  init_from drafter or None)."""
   start_up(config)
   for path in [*_split_paths(config.data.prompts), *_split_paths(config.eval.get("prompts"))]:
     prompt_files.load_prompts(path)  # PromptFileError names the file and line
   target = load_target(config)
+  if config.drafter.get("aux_layers") and not config.drafter.init_from:
+    parse_aux_layers(config.drafter.aux_layers, target.cfg.num_layers)
   start = None
   if config.drafter.init_from:
     try:
