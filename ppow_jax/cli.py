@@ -132,6 +132,11 @@ def parse_flags(argv):
     if spec is None and isinstance(e, flags.IllegalFlagValueError):  # the required --config
       fail("--config is required: python -m ppow_jax.main --config configs/X.py [--workdir DIR] "
            "[--config.a.b=value]")
+    if "Traceback (most recent call last)" in str(e):
+      # ml_collections puts the config file's own traceback in the message: its last line says
+      # what went wrong (e.g. an argument `path:arg` that get_config() does not take).
+      last = [line for line in str(e).splitlines() if line.strip()][-1].strip()
+      fail(f"--config={spec}: the config file does not load: {last}")
     fail(user_errors.message(e))
   except (KeyError, AttributeError, IndexError, TypeError, ValueError) as e:
     # ml_collections resolves each --config.a.b override against the loaded config while

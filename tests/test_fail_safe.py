@@ -88,7 +88,7 @@ def _truncate(path, keep: int):
 
 
 @pytest.mark.e2e
-def test_truncated_weight_files_say_so_with_sizes(tmp_path, stories_path):
+def test_truncated_or_missing_model_files_are_named(tmp_path, stories_path):
   target = tmp_path / "target"
   shutil.copytree(stories_path, target)
   weights = target / "model.safetensors"
@@ -110,6 +110,17 @@ def test_truncated_weight_files_say_so_with_sizes(tmp_path, stories_path):
   _one_line(_main("--config", "configs/convert.py", "--workdir", tmp_path / "c",
                   f"--config.source={path}"), 2,
             f"error: {path}: truncated GGUF file: {full - 512} bytes, its tensors need {full}")
+  shutil.copy(os.path.join(stories_path, "model.safetensors"), weights)
+  os.remove(target / "tokenizer.json")
+  _one_line(_decode(tmp_path / "w", target), 2,
+            f"error: {target}: its tokenizer cannot be loaded (tokenizer.json missing")
+
+
+@pytest.mark.e2e
+def test_a_config_file_that_does_not_load_is_one_line(tmp_path):
+  _one_line(_main("--config", "configs/decode.py:extra", "--workdir", tmp_path), 2,
+            "error: --config=configs/decode.py:extra: the config file does not load: TypeError: "
+            "get_config() takes 0 positional arguments but 1 was given")
 
 
 @pytest.mark.e2e
@@ -149,12 +160,17 @@ def test_decode_tree_is_checked_before_any_work(tmp_path, stories_path):
 
 
 @pytest.mark.e2e
-def test_ppow_refuses_a_plain_lm_before_generating_data(tmp_path, stories_path):
+def test_drafter_settings_are_checked_against_the_target_before_generating_data(tmp_path, stories_path):
   _one_line(_main("--config", "configs/ppow.py", "--workdir", tmp_path,
                   f"--config.target.path={stories_path}",
                   f"--config.drafter.init_from={stories_path}"), 2,
             f"error: config.drafter.init_from={stories_path}: ", "is not an EAGLE-3 drafter")
   assert not (tmp_path / "data").exists()  # no self-distillation data was generated
+  # Aux layers the target lacks (5 layers) are refused before the data too.
+  _one_line(_main("--config", "configs/sft.py", "--workdir", tmp_path,
+                  f"--config.target.path={stories_path}", "--config.drafter.aux_layers=1,2,99"),
+            2, "error: config.drafter.aux_layers='1,2,99': expected three layer indices in [1, 5]")
+  assert not (tmp_path / "data").exists()
 
 
 @pytest.mark.e2e
