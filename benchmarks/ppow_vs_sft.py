@@ -308,6 +308,8 @@ def main():
   ap.add_argument("--windows", default="4,6,10")
   ap.add_argument("--tree", default="6,4,24", help="depth,topk,num_nodes of the tree row")
   ap.add_argument("--bootstrap", type=int, default=2000)
+  ap.add_argument("--finished_only", action="store_true",
+                  help="train nothing: evaluate and report the runs that finished")
   ap.add_argument("--out", required=True)
   a = ap.parse_args()
   a.windows = [int(k) for k in a.windows.split(",")]
@@ -320,6 +322,9 @@ def main():
   # Seed-major order: an interrupted study still has every arm at its first seeds.
   jobs.sort(key=lambda j: (j[1], list(all_arms).index(j[0])))
   results = {}
+  if a.finished_only:
+    jobs = [j for j in jobs
+            if os.path.exists(os.path.join(a.out, "runs", slug(j[0], j[1]), "eval.json"))]
   with concurrent.futures.ThreadPoolExecutor(a.parallel) as pool:
     futs = [pool.submit(train_one, *j, a) for j in jobs]
     for f in concurrent.futures.as_completed(futs):
