@@ -17,7 +17,9 @@ setup(
     packages=find_packages(include=["ppow_jax", "ppow_jax.*"]),
     # Evaluation prompts and the tiny stories260k model (ppow_jax/assets/README.md).
     package_data={"ppow_jax.assets": ["README.md", "*/LICENSE", "*/*.json", "*/*.jsonl",
-                                      "*/*.jsonl.gz", "*/*.safetensors"]},
+                                      "*/*.jsonl.gz", "*/*.safetensors"],
+                  # Built on first use (ppow_jax/models/cpu_kernels.py).
+                  "ppow_jax.models": ["cpu_matvec.cc"]},
     python_requires=">=3.11",
     install_requires=requirements,
 )

@@ -1,8 +1,9 @@
 """Where a speculative step's time goes on a real target: cached target forwards of 1 and K+1
-tokens, the autoregressive step, and whole speculative steps at each K, in one run.
+tokens, the autoregressive step, and whole speculative steps at each K, in one run, each beside
+its memory roofline.
 
   python benchmarks/spec_step_cost.py --target ~/.cache/ppow_jax/models/SmolLM2-135M-Instruct \
-    --drafter runs/default/sft --windows 1,2,3,4 --out runs/spec_step_cost.json
+    --drafter runs/default/sft --windows 1,2,3,4 --compare_xla --out runs/spec_step_cost.json
 
 Forwards are `engine_speed.step_loop`s (chained inside one jitted fori_loop, decode-layout
 weights, a cache filled to `--context` slots); autoregressive and speculative decoding run the
@@ -10,7 +11,14 @@ engine's real `generate` on one prompt of `--context` random tokens for `--new_t
 a step's cost being wall time over verification steps. Everything is timed by
 `engine_speed.measure` in interleaved rounds after a compiling call (median reported), so a
 drift in machine speed hits every variant alike. "step_over_ar" (a speculative step in
-autoregressive steps) is what tau must beat: speedup = tau / step_over_ar.
+autoregressive steps) is what tau must beat: speedup = tau / step_over_ar. Without --drafter
+only the forwards and the autoregressive step are timed.
+
+Roofline: a forward reads every weight once (the embedding only at its rows) and the whole KV
+cache (attention spans all slots, masked); bytes read / time is the bandwidth it implies, to set
+against the host's memory bandwidth. --compare_xla times the forwards a second time with XLA's
+own dots for 2..8 rows (PPOW_JAX_CPU_MATVEC=0: what the engine ran before cpu_kernels), in the
+same rounds; PPOW_JAX_CPU_MATVEC=0 in the environment runs everything that way.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import sys
 
@@ -27,10 +36,45 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.engine_speed import measure, step_loop  # noqa: E402
+from benchmarks.engine_speed import SINGLE_THREAD, measure, step_loop  # noqa: E402
 from ppow_jax.decoding import engine  # noqa: E402
 from ppow_jax.decoding.drafter_io import load_drafter  # noqa: E402
-from ppow_jax.models import hf_checkpoint, transformer  # noqa: E402
+from ppow_jax.models import cpu_kernels, hf_checkpoint, transformer  # noqa: E402
+from ppow_jax.models.kv_cache import KVCache  # noqa: E402
+
+_SWITCH = "PPOW_JAX_CPU_MATVEC"
+_ISA = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+def cpu_model() -> dict:
+  """The host CPU as /proc/cpuinfo names it, its core count and its vector-ISA flags."""
+  name, flags = platform.processor() or platform.machine(), set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+          name = value.strip()
+        elif key.strip() in ("flags", "Features"):
+          flags = set(value.split())
+  except OSError:
+    pass
+  return {"model": name, "cores": os.cpu_count(), "isa": [f for f in _ISA if f in flags]}
+
+
+def forward_bytes(cfg, params, cache_len: int, width: int) -> dict:
+  """Bytes a cached `width`-token forward reads: weights once, embedding rows, the KV cache."""
+  weights = sum(x.nbytes for k, v in params.items() if k != "embed" for x in jax.tree.leaves(v))
+  embed = params["embed"]
+  cache = jax.eval_shape(lambda: KVCache.init(cfg, 1, cache_len, per_layer=True))
+  return {"weights": weights + width * embed.shape[1] * embed.dtype.itemsize,
+          "kv_cache": sum(x.size * x.dtype.itemsize for x in cache.k + cache.v)}
+
+
+def _compiled(thunk):
+  """The thunk, compiled now: under the PPOW_JAX_CPU_MATVEC setting of this moment."""
+  jax.block_until_ready(thunk())
+  return thunk
 
 
 def main(argv=None):
@@ -42,15 +86,37 @@ def main(argv=None):
   ap.add_argument("--new_tokens", type=int, default=128)
   ap.add_argument("--inner", type=int, default=20, help="chained forwards per timed call")
   ap.add_argument("--repeats", type=int, default=3, help="timed rounds (median reported)")
+  ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                  help="wall seconds, XLA's threads (a quiet machine); or process CPU seconds, "
+                       "one thread (stable when other jobs share the cores)")
+  ap.add_argument("--compare_xla", action="store_true",
+                  help="also time the forwards with XLA's dots for 2..8 rows, interleaved")
   ap.add_argument("--out", default="")
   a = ap.parse_args(argv)
+  if a.clock == "cpu":  # XLA reads XLA_FLAGS when the backend starts: before any jax op.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
   windows = [int(k) for k in a.windows.split(",") if k.strip()]
+  cpu = cpu_model()
 
   model = hf_checkpoint.load_model(a.target)
   cfg, params = model.cfg, transformer.unstack(model.params())
+  kernel = cpu_kernels.enabled()
+  print(f"{cpu['model']} ({cpu['cores']} cores; {' '.join(cpu['isa'])}), "
+        f"{jax.devices()[0].platform}; few-row kernel {'on' if kernel else 'off'}; "
+        f"{a.clock} clock")
   cache_len = engine.capacity(a.context, a.new_tokens, max(windows))
-  thunks = {f"forward_{w}": step_loop(cfg, params, cache_len, a.context, w, a.inner)
-            for w in sorted({1, *(k + 1 for k in windows)})}
+  widths = sorted({1, *(k + 1 for k in windows)})
+  thunks = {f"forward_{w}": _compiled(step_loop(cfg, params, cache_len, a.context, w, a.inner))
+            for w in widths}
+  if a.compare_xla and kernel:
+    before = os.environ.get(_SWITCH)
+    os.environ[_SWITCH] = "0"
+    thunks.update({f"xla_forward_{w}": _compiled(step_loop(cfg, params, cache_len, a.context, w,
+                                                           a.inner)) for w in widths})
+    if before is None:
+      os.environ.pop(_SWITCH)
+    else:
+      os.environ[_SWITCH] = before
   prompt = np.random.RandomState(0).randint(100, min(2000, cfg.vocab_size), (1, a.context))
   prompt, lens = jnp.asarray(prompt, jnp.int32), jnp.asarray([a.context], jnp.int32)
   rng = jax.random.key(0)
@@ -63,22 +129,40 @@ def main(argv=None):
     for k in windows:
       thunks[f"K{k}"] = gen(drafter=drafter, drafter_params=dparams, window=k)
       steps[k] = int(jax.device_get(thunks[f"K{k}"]().num_steps[0]))
-  med = {n: statistics.median(t) for n, t in measure(thunks, a.repeats, "wall").items()}
+  rounds = measure(thunks, a.repeats, a.clock)
+  med = {n: statistics.median(t) for n, t in rounds.items()}
 
-  res = {"context": a.context, "new_tokens": a.new_tokens, "device": str(jax.devices()[0])}
-  for n in thunks:
-    if n.startswith("forward_"):
-      res[f"{n}_ms"] = med[n] / a.inner * 1e3
+  res = {"context": a.context, "new_tokens": a.new_tokens, "device": str(jax.devices()[0]),
+         "cpu": cpu, "clock": a.clock, "kernel": kernel, "repeats": a.repeats,
+         "forwards": {}, "speculative": {}}
+  for prefix, label in (("", "forward"), ("xla_", "forward, XLA's dots")):
+    base = med.get(f"{prefix}forward_1")
+    for w in widths if base else ():
+      n = f"{prefix}forward_{w}"
+      if n not in med:
+        continue
+      sec = med[n] / a.inner
+      b = forward_bytes(cfg, params, cache_len, w)
+      mb = sum(b.values())
+      res["forwards"][n] = r = {
+          "ms": sec * 1e3, "over_forward_1": med[n] / base,
+          "min_over_forward_1": min(rounds[n]) / min(rounds[f"{prefix}forward_1"]),
+          "weights_mb": b["weights"] / 1e6, "kv_cache_mb": b["kv_cache"] / 1e6,
+          "gb_per_s": mb / sec / 1e9}
+      print(f"{label} of {w}: {r['ms']:.2f} ms = {r['over_forward_1']:.3f}x 1 token "
+            f"(fastest rounds {r['min_over_forward_1']:.3f}x); reads {r['weights_mb']:.0f} MB "
+            f"weights + {r['kv_cache_mb']:.0f} MB cache: {r['gb_per_s']:.1f} GB/s")
   ar = med["autoregressive"] / a.new_tokens
-  res["autoregressive_step_ms"] = ar * 1e3
-  print({k: round(v, 2) for k, v in res.items() if k.endswith("_ms")})
-  res["speculative"] = {}
+  ar_gb = sum(forward_bytes(cfg, params, cache_len, 1).values()) / ar / 1e9
+  res["autoregressive_step_ms"], res["autoregressive_gb_per_s"] = ar * 1e3, ar_gb
+  print(f"autoregressive step: {ar * 1e3:.2f} ms ({ar_gb:.1f} GB/s at one forward's bytes)")
   for k in windows if a.drafter else ():
     step = med[f"K{k}"] / steps[k]
     r = res["speculative"][str(k)] = {"step_ms": step * 1e3, "steps": steps[k],
                                       "step_over_ar": step / ar}
     print(f"K={k}: {r['step_ms']:.2f} ms a step = {r['step_over_ar']:.2f} autoregressive steps")
   if a.out:
+    res["rounds_s"] = rounds
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
       json.dump(res, f, indent=1)
