@@ -271,7 +271,9 @@ def plot_diagnostics(out_dir, runs: dict[str, str], path):
       if key == "k_hist":
         h = np.array([r["k_hist"] for r in rows])
         if name == "PPOW" and len(h):
-          ax.stackplot(steps, h.T, labels=[f"k={i}" for i in range(h.shape[1])])
+          from matplotlib import colormaps
+          ax.stackplot(steps, h.T, labels=[f"k={i}" for i in range(h.shape[1])],
+                       colors=colormaps["viridis"](np.linspace(0, 1, h.shape[1])))
           ax.legend(fontsize=5, ncol=2, loc="upper right")
         continue
       for j, kk in enumerate(key if isinstance(key, tuple) else (key,)):
