@@ -1,0 +1,211 @@
+"""Which training data makes the best drafter per CPU minute: Magpie self-distillation against
+ShareGPT conversations with their given answers, regenerated answers, or a mix (issue 25).
+
+  python benchmarks/data_study.py --workdir runs/data_study --steps 120,480
+  python benchmarks/data_study.py --workdir runs/data_study_smoke --smoke   # minutes, tiny
+
+Every source trains README command 1's token-level drafter (configs/targets/smollm2_135m.py,
+variant quick: SmolLM2-135M-Instruct, 8 x 320 tokens, one TTT step, a 4k draft vocabulary,
+cached features) for each step budget of --steps, from one data directory per source (the data
+is made once and its CPU time counted once). Every drafter is measured on the same held-out
+set: the target's greedy answers to the last --num_heldout ShareGPT prompts (never trained on),
+as deployment sees them:
+  * agreement: teacher-forced, the share of response positions where the drafter's first draft
+    token (mapped to the target's vocabulary) is the target's full-vocabulary argmax;
+  * greedy tau at K = 1..4 (chains) on the first --num_tau of those prompts.
+Writes WORKDIR/study.json (one row per source and budget: CPU minutes of the data (prompts and
+answers) and of training (the target's feature pass included), unique response tokens trained
+on, agreement, tau), study.md (the table) and study.png (agreement against
+CPU minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from ppow_jax.data import prompts  # noqa: E402
+from ppow_jax.data.selfdistill import token_counts  # noqa: E402
+from ppow_jax.models import registry  # noqa: E402
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCES = ("magpie", "given", "regenerate", "mix")
+
+
+def _recipe():
+  spec = importlib.util.spec_from_file_location(
+      "smollm2_recipe", os.path.join(HERE, "configs", "targets", "smollm2_135m.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config("quick")
+
+
+def sft_config(source: str, args, workdir: str, steps: int):
+  """README command 1's token-level settings on `source`'s data."""
+  c = _recipe().sft
+  c.workdir = workdir
+  c.target.path = registry.fetch(registry.SMOLLM2_135M, progress=False)
+  c.data.dir = os.path.join(args.workdir, f"data_{source}")
+  if source != "magpie":
+    c.data.update(dict(synthesize=0, conversations="sharegpt", answers=source, mix_ratio=0.5,
+                       num_samples=args.num_conversations, loss_on_prompt=False))
+  c.train.num_steps = steps
+  c.train.checkpoint_every = max(steps, 1)
+  c.eval.update(dict(windows=(), num_prompts=args.num_tau))
+  if args.smoke:
+    c.data.update(dict(num_samples=24 if source != "magpie" else c.data.num_samples,
+                       synthesize=24 if source == "magpie" else 0, num_heldout=4,
+                       max_new_tokens=24, seq_len=96, gen_batch_size=8))
+    c.drafter.draft_vocab_size = 1024
+    c.train.batch_size = 8
+  return c
+
+
+def heldout_set(args, tok, cfg, params):
+  """(records [prompt_len, prompt + greedy answer], prompt texts) of the held-out ShareGPT
+  prompts, the answers generated once and cached in WORKDIR."""
+  path = os.path.join(args.workdir, "heldout_greedy.npz")
+  convs, _ = prompts.load_conversations(registry.fetch_data(registry.SHAREGPT))
+  held = convs[len(convs) - args.num_heldout:]
+  texts = [c.user_turns[0] for c in held]
+  ids = [prompts.encode_prompt(tok, prompts.Prompt(c.id, "heldout", c.user_turns[:1]))
+         for c in held]
+  keep = [i for i, x in enumerate(ids) if len(x) <= args.seq_len - args.max_new_tokens]
+  if not os.path.exists(path):
+    from ppow_jax.decoding import continuous, sampling
+    outs = continuous.generate(cfg, params, [ids[i] for i in keep], continuous.StreamSettings(
+        max_new_tokens=args.max_new_tokens, batch_size=16,
+        sp=sampling.SamplingParams(temperature=0.0)), desc="held-out greedy answers")
+    recs = [np.asarray([len(ids[i]), *ids[i], *o], np.int32) for i, o in zip(keep, outs)]
+    np.savez(path, lengths=[len(r) for r in recs], tokens=np.concatenate(recs))
+  with np.load(path) as z:
+    ends = np.cumsum(z["lengths"])
+    recs = [z["tokens"][e - n:e] for n, e in zip(z["lengths"], ends)]
+  return recs, [texts[i] for i in keep]
+
+
+def agreement(target_cfg, target_params, drafter, records, seq_len: int) -> float:
+  """Teacher-forced share of response positions where the drafter's first draft token is the
+  target's full-vocabulary argmax."""
+  import jax
+  import jax.numpy as jnp
+  from ppow_jax.eagle3 import ttt
+  from ppow_jax.models import transformer
+  dcfg, dparams = drafter.cfg, drafter.params()
+  d2t = jnp.asarray(drafter.d2t[...])
+
+  @jax.jit
+  def hits(tokens, valid, pred):
+    out = transformer.forward(target_cfg, target_params, tokens, key_valid=valid,
+                              hidden_layers=dcfg.aux_layers)
+    best = jnp.argmax(out.logits, -1)[:, 1:]  # slot j: the target's choice at position j+1
+    [logits] = ttt.unroll(dcfg, dparams, target_params["embed"], tokens,
+                          jnp.concatenate(out.hidden, -1), 1)
+    draft = jnp.argmax(logits[:, :-1], -1)
+    draft = draft + d2t[draft]
+    m = pred[:, 1:]
+    return jnp.sum((draft == best) * m), jnp.sum(m)
+
+  hit = total = 0
+  for r in records:
+    plen, seq = int(r[0]), r[1:1 + seq_len]
+    tokens = np.zeros((1, seq_len), np.int32)
+    valid = np.zeros((1, seq_len), bool)
+    tokens[0, :len(seq)], valid[0, :len(seq)] = seq, True
+    pred = np.zeros((1, seq_len), bool)
+    pred[0, plen - 1:len(seq) - 1] = True  # positions whose next token is an answer token
+    h, n = hits(jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(pred))
+    hit, total = hit + int(h), total + int(n)
+  return hit / max(total, 1)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--workdir", default="runs/data_study")
+  ap.add_argument("--sources", default=",".join(SOURCES))
+  ap.add_argument("--steps", default="120,480", help="step budgets, comma-separated")
+  ap.add_argument("--num_conversations", type=int, default=2000)
+  ap.add_argument("--num_heldout", type=int, default=64)
+  ap.add_argument("--num_tau", type=int, default=16)
+  ap.add_argument("--windows", default="1,2,3,4")
+  ap.add_argument("--max_new_tokens", type=int, default=128)
+  ap.add_argument("--seq_len", type=int, default=320)
+  ap.add_argument("--smoke", action="store_true", help="tiny data and budgets: checks it runs")
+  args = ap.parse_args(argv)
+  if args.smoke:
+    args.num_heldout, args.num_tau, args.max_new_tokens, args.seq_len = 6, 2, 16, 96
+    args.windows, args.num_conversations = "1,2", 24
+  os.makedirs(args.workdir, exist_ok=True)
+  from ppow_jax.eagle3.checkpoint import load_eagle3
+  from ppow_jax.modes import sft
+  from ppow_jax.training import drafter_run
+  windows = tuple(int(k) for k in args.windows.split(","))
+  rows = []
+  target = None
+  for source in args.sources.split(","):
+    data_cpu = None
+    for steps in (int(s) for s in args.steps.split(",")):
+      workdir = os.path.join(args.workdir, f"{source}_{steps}")
+      os.makedirs(workdir, exist_ok=True)
+      config = sft_config(source, args, workdir, steps)
+      if target is None:
+        target = drafter_run.load_target(config)
+        held, held_texts = heldout_set(args, target.tokenizer, target.cfg, target.params())
+      if data_cpu is None:  # the data (and its feature cache) once per source
+        t = time.process_time()
+        train, _ = drafter_run.prepare_data(config, target, workdir)
+        data_cpu = time.process_time() - t
+        unique_tokens = int(token_counts(train, target.cfg.vocab_size).sum())
+      t = time.process_time()
+      sft.run(config, workdir)
+      train_cpu = time.process_time() - t
+      drafter = load_eagle3(os.path.join(workdir, "export"), target.cfg)
+      agree = agreement(target.cfg, target.params(), drafter, held, args.seq_len)
+      ids = [r[1:1 + int(r[0])].tolist() for r in held[:args.num_tau]]
+      tau = drafter_run.measure_tau(target, drafter, ids, windows=windows,
+                                    max_new_tokens=args.max_new_tokens, batch_size=1)
+      rows.append({"source": source, "steps": steps, "data_cpu_min": data_cpu / 60,
+                   "train_cpu_min": train_cpu / 60, "unique_tokens": unique_tokens,
+                   "agreement": agree, **tau})
+      print(json.dumps(rows[-1]), flush=True)
+      with open(os.path.join(args.workdir, "study.json"), "w") as f:
+        json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+  write_report(args, rows, windows)
+
+
+def write_report(args, rows, windows):
+  head = ("| source | steps | CPU min (data + training) | unique tokens | agreement | "
+          + " | ".join(f"tau K={k}" for k in windows) + " |")
+  lines = [head, "|" + "---|" * (5 + len(windows))]
+  for r in rows:
+    lines.append(f"| {r['source']} | {r['steps']} | {r['data_cpu_min']:.1f} + "
+                 f"{r['train_cpu_min']:.1f} | {r['unique_tokens']} | {r['agreement']:.3f} | "
+                 + " | ".join(f"{r[f'tau_k{k}']:.2f}" for k in windows) + " |")
+  with open(os.path.join(args.workdir, "study.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines))
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for source in dict.fromkeys(r["source"] for r in rows):
+    pts = [(r["data_cpu_min"] + r["train_cpu_min"], r["agreement"]) for r in rows
+           if r["source"] == source]
+    ax.plot(*zip(*pts), marker="o", label=source)
+  ax.set_xlabel("CPU minutes (data + training)")
+  ax.set_ylabel("held-out agreement with the target's argmax")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(args.workdir, "study.png"), dpi=120)
+
+
+if __name__ == "__main__":
+  main()
