@@ -69,7 +69,8 @@ def test_truncated_sharegpt_file_yields_its_complete_records_and_one_warning(tmp
   assert len(_warnings(caplog)) == 1
   # JSONL cut inside its last line: the same.
   jsonl = tmp_path / "cut.jsonl"
-  jsonl.write_text("".join(json.dumps(r) + "\n" for r in SHAREGPT[:2]) + json.dumps(SHAREGPT[2])[:30])
+  jsonl.write_text("".join(json.dumps(r) + "\n" for r in SHAREGPT[:2])
+                   + json.dumps(SHAREGPT[2])[:30])
   caplog.clear()
   with caplog.at_level(logging.WARNING):
     assert [c.id for c in load_conversations(str(jsonl))[0]] == ["a", "b"]

@@ -268,7 +268,8 @@ def _records(path: str, kind: str):
   if kind == "json":
     yield from _json_records(path)
     return
-  pending = None  # (path, error, line, column) of a JSONL line that ends early: an error unless it is last
+  # (path, error, line, column) of a JSONL line that ends early: an error unless it is the last
+  pending = None
   n = 0
   for lineno, line in _read_lines(path):
     if not line.strip():
