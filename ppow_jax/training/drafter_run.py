@@ -62,6 +62,8 @@ def prepare_start(config, workdir: str):
   start_up(config)
   for path in [*_split_paths(config.data.prompts), *_split_paths(config.eval.get("prompts"))]:
     prompt_files.load_prompts(path)  # PromptFileError names the file and line
+  for path in conversation_files(config):  # fetched now; a file with no usable chat refused
+    prompt_files.load_conversations(path)
   target = load_target(config)
   if config.drafter.get("aux_layers") and not config.drafter.init_from:
     parse_aux_layers(config.drafter.aux_layers, target.cfg.num_layers)
