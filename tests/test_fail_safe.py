@@ -160,7 +160,7 @@ def test_decode_tree_is_checked_before_any_work(tmp_path, stories_path):
 
 
 @pytest.mark.e2e
-def test_drafter_settings_are_checked_against_the_target_before_generating_data(tmp_path, stories_path):
+def test_drafter_settings_are_checked_before_generating_data(tmp_path, stories_path):
   _one_line(_main("--config", "configs/ppow.py", "--workdir", tmp_path,
                   f"--config.target.path={stories_path}",
                   f"--config.drafter.init_from={stories_path}"), 2,
