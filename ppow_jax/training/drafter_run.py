@@ -60,7 +60,8 @@ def prepare_start(config, workdir: str):
   EAGLE-3 drafter that fits it. Then the run's config is recorded. Returns (target, the
   init_from drafter or None)."""
   start_up(config)
-  for path in [*_split_paths(config.data.prompts), *_split_paths(config.eval.get("prompts"))]:
+  files = [*_split_paths(config.data.get("prompts")), *_split_paths(config.eval.get("prompts"))]
+  for path in files:
     prompt_files.load_prompts(path)  # PromptFileError names the file and line
   for path in conversation_files(config):  # fetched now; a file with no usable chat refused
     prompt_files.load_conversations(path)
