@@ -28,8 +28,6 @@ import threading
 import jax
 import jax.numpy as jnp
 
-from ppow_jax.models import registry
-
 log = logging.getLogger(__name__)
 
 TARGET = "ppow_cpu_matvec"
@@ -82,6 +80,7 @@ def _build(out: str) -> None:
 
 
 def _load() -> bool:
+  from ppow_jax.models import registry  # Deferred: it imports the GGUF reader.
   try:
     digest = hashlib.sha256(SOURCE.read_bytes() + _host_tag().encode()).hexdigest()[:16]
     path = os.path.join(registry.default_cache_dir(), "kernels", f"cpu_matvec-{digest}.so")

@@ -29,7 +29,7 @@ typedef float v8u __attribute__((vector_size(32), aligned(4)));  // an unaligned
 constexpr int64_t kLanes = 8;    // columns per vector
 constexpr int64_t kWide = 16;    // columns per step: two vectors, a 64-byte line of a row of w
 constexpr int64_t kDepth = 4;    // rows of w per step, held in registers (2 * kDepth vectors)
-constexpr int64_t kBlock = 512;  // columns per block: the block's rows of y stay in L1
+constexpr int64_t kBlock = 8192;  // columns per block: the block's rows of y stay in L2
 
 inline v8 Load(const float* p) { return *reinterpret_cast<const v8u*>(p); }
 inline void Store(float* p, v8 v) { *reinterpret_cast<v8u*>(p) = v; }
@@ -39,8 +39,8 @@ inline void Store(float* p, v8 v) { *reinterpret_cast<v8u*>(p) = v; }
 // as XLA's gemv reads it), each vector of w loaded once and applied to every row of x, each
 // broadcast element of x to two vectors of w.
 template <int M>
-void Columns(const float* x, const float* w, float* y, int64_t m, int64_t k_dim, int64_t n_dim,
-             int64_t c0, int64_t c1) {
+void Columns(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
+             int64_t m, int64_t k_dim, int64_t n_dim, int64_t c0, int64_t c1) {
   if (M > 0) m = M;
   for (int64_t b0 = c0; b0 < c1; b0 += kBlock) {
     const int64_t b1 = std::min(c1, b0 + kBlock);
