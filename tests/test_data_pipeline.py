@@ -26,6 +26,7 @@ TINY = ModelConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_laye
 
 # --- continuous batching -------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_continuous_greedy_equals_engine_per_prompt():
   """Rows finish at different steps (EOS) and are refilled mid-run; every prompt's greedy
   continuation equals the engine's, batch 1."""
@@ -42,6 +43,7 @@ def test_continuous_greedy_equals_engine_per_prompt():
   assert min(lengths) < 12 == max(lengths), lengths  # some rows did stop early at EOS
 
 
+@pytest.mark.slow
 def test_continuous_sampling_follows_the_target_distribution():
   """At temperature 1, the first two sampled tokens of one prompt repeated 1500 times follow the
   model's exact joint (chi-square), and different prompts draw independent streams."""
@@ -142,6 +144,7 @@ def test_evaluation_sets_never_enter_the_prompt_dataset(tmp_path):
 
 # --- self-distillation dataset and cached features -------------------------------------------------
 
+@pytest.mark.slow
 def test_selfdistill_dataset_resumes_by_chunk_and_is_a_tfds_dataset(tmp_path, monkeypatch):
   params = jax.tree.map(lambda x: 4 * x, Transformer(TINY, rngs=nnx.Rngs(0)).params())
   prompts = [[1, 5 + i % 7] for i in range(10)]
@@ -167,6 +170,7 @@ def test_selfdistill_dataset_resumes_by_chunk_and_is_a_tfds_dataset(tmp_path, mo
   assert meta["heldout"]["temperature"] == 1.0 and meta["train"]["num_records"] == 8
 
 
+@pytest.mark.slow
 def test_feature_cache_equals_the_target_forward_and_resumes(tmp_path, monkeypatch):
   params = Transformer(TINY, rngs=nnx.Rngs(1)).params()
   rng = np.random.default_rng(0)

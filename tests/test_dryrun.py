@@ -117,6 +117,7 @@ def test_tiny_keeps_the_structure():
     assert math.prod(sharding.mesh_shape(small).values()) == 8
 
 
+@pytest.mark.slow
 def test_tiny_dry_run_compiles_with_consistent_memory(tmp_path, capsys):
   """qwen3_32b's v5p-64 plan (data x fsdp x tensor) at toy size, compiled on 8 CPU devices."""
   config = load("qwen3_32b")

@@ -393,6 +393,7 @@ def _published_checkpoint(path, target_cfg, *, draft_vocab, embed, style, seed):
   return d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("style,draft_vocab", [("eagle", 128), ("specforge", None)])
 def test_published_layout_with_embed_tokens_imports_and_decodes_losslessly(
     stories_path, tmp_path, style, draft_vocab):

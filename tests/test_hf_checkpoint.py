@@ -96,6 +96,7 @@ def test_save_model_round_trip_through_transformers_and_back(tmp_path, name, sha
   np.testing.assert_array_equal(_logits(back, tokens), ours)
 
 
+@pytest.mark.slow
 def test_save_model_bfloat16_round_trip(tmp_path):
   """A bfloat16 model is written as BF16 tensors and reads back bit-identical."""
   model = _random_model(CONFIGS["qwen2"].replace(dtype="bfloat16"))

@@ -394,6 +394,7 @@ def test_cached_features_run_matches_online_run(reference, stories_path, data_di
   assert os.path.exists(os.path.join(data_dir, "features", "train-aux2_2_2-len32.npy"))
 
 
+@pytest.mark.slow
 def test_draft_vocab_logits_and_bfloat16_step(target):
   """The target's logits restricted to the draft vocabulary equal the full logits' columns;
   a bfloat16-compute step keeps float32 weights and a loss close to the float32 step's."""

@@ -111,6 +111,7 @@ def _tiny_settings(**kw):
   return tl.TargetLMSettings(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_train_step_lowers_loss_on_fixed_batch():
   s = _tiny_settings(weight_decay=0.0)
   cfg = s.model_config()
@@ -137,6 +138,7 @@ def test_train_step_lowers_loss_on_fixed_batch():
   assert [int(t) for t in jnp.argmax(logits[0, 4:-1], axis=-1)] == got
 
 
+@pytest.mark.slow
 def test_train_target_writes_loadable_dir_and_rerun_skips(small_docs, tmp_path, monkeypatch):
   out = str(tmp_path / "target")
   stale = str(tmp_path / "target.tmp-999999999")  # A killed run's leftovers (no such pid).
@@ -182,6 +184,7 @@ def test_train_target_writes_loadable_dir_and_rerun_skips(small_docs, tmp_path, 
     tl.train_target(s, out, progress=False, docs=small_docs)
 
 
+@pytest.mark.slow
 def test_time_budget_shortens_the_run(small_docs, tmp_path):
   s = _tiny_settings(steps=1000, time_budget_s=1e-6, short_seq_fraction=0.0, num_layers=1)
   res = tl.train_target(s, str(tmp_path / "t"), progress=False, docs=small_docs)
@@ -204,6 +207,7 @@ class _BusyClock:
     return time.process_time()
 
 
+@pytest.mark.slow
 def test_step_budget_does_not_depend_on_load(small_docs, tmp_path, monkeypatch):
   """The default pipeline's target stage trains a fixed number of steps: the same target (step
   count, losses) on an idle and on a busy machine."""
