@@ -2,9 +2,9 @@
 //
 // Why: a cached forward of K+1 tokens should cost what one token costs (the weights stream from
 // memory once either way). XLA's CPU backend runs a 1-row product as its tiled gemv, which
-// streams w once, but sends 2..8 rows to a GEMM library that costs ~2x the gemv per dot on
-// 2-core AMD EPYC (docs/results/cpu_verification_cost.md). This kernel walks w once: each
-// 16-column strip of w is read from memory for the first 4 rows and from cache for the rest.
+// streams w once, but sends 2..8 rows to a GEMM library (YNNPACK) that costs 2-3x the gemv per
+// weight byte on a 2-core AMD EPYC (docs/results/cpu_verification_cost.md). This kernel streams
+// w once, row-major as the gemv does, and applies each vector of it to every row of x.
 //
 // Sums run over k in order from 0, one fused multiply-add per term (build with -ffp-contract=fast
 // and the host's ISA): the sequence XLA's gemv compiles to, so each row's result is bitwise what
@@ -26,9 +26,9 @@ namespace {
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v8u __attribute__((vector_size(32), aligned(4)));  // an unaligned load/store
 
-constexpr int64_t kLanes = 8;    // columns per vector
-constexpr int64_t kWide = 16;    // columns per step: two vectors, a 64-byte line of a row of w
-constexpr int64_t kDepth = 4;    // rows of w per step, held in registers (2 * kDepth vectors)
+constexpr int64_t kLanes = 8;     // columns per vector
+constexpr int64_t kWide = 16;     // columns per step: two vectors, a 64-byte line of a row of w
+constexpr int64_t kDepth = 4;     // rows of w per step, held in registers (2 * kDepth vectors)
 constexpr int64_t kBlock = 8192;  // columns per block: the block's rows of y stay in L2
 
 inline v8 Load(const float* p) { return *reinterpret_cast<const v8u*>(p); }
