@@ -321,8 +321,10 @@ def main():
   main_arms = {BASELINE, "token-level LK", "PPOW"}
   jobs = [(name, seed, *spec) for name, spec in all_arms.items()
           for seed in range(a.seeds if name in main_arms else a.ablation_seeds)]
-  # Seed-major order: an interrupted study still has every arm at its first seeds.
-  jobs.sort(key=lambda j: (j[1], list(all_arms).index(j[0])))
+  # The main arms' first three seeds, then each ablation once, then the rest seed by seed: a
+  # study cut short still compares the main arms over seeds and has every ablation.
+  jobs.sort(key=lambda j: (0 if j[0] in main_arms and j[1] < 3 else 1 if j[1] == 0 else 2, j[1],
+                           list(all_arms).index(j[0])))
   results = {}
   if a.finished_only:
     jobs = [j for j in jobs
