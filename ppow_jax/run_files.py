@@ -30,6 +30,7 @@ def record_config(workdir: str, config):
 
   Modes call this once their checks have passed, before their expensive work, so a run that
   fails to start leaves an earlier run's config.json as it was."""
+  os.makedirs(workdir, exist_ok=True)  # a mode called directly (tests) may not have made it
   path = os.path.join(workdir, "config.json")
   resolved = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
