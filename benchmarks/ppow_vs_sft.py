@@ -139,7 +139,8 @@ def evaluate(a, drafters: dict[str, str]):
                      f"{a.eval_prompts} asked for")
   os.makedirs(os.path.join(a.out, "eval"), exist_ok=True)
   out = {}
-  for run, export in drafters.items():
+  items = list(drafters.items())
+  for run, export in reversed(items) if a.eval_reverse else items:
     path = os.path.join(a.out, "eval", f"{run}.json")
     if os.path.exists(path):
       with open(path) as f:
@@ -310,6 +311,8 @@ def main():
   ap.add_argument("--windows", default="4,6,10")
   ap.add_argument("--tree", default="6,4,24", help="depth,topk,num_nodes of the tree row")
   ap.add_argument("--bootstrap", type=int, default=2000)
+  ap.add_argument("--eval_reverse", action="store_true",
+                  help="evaluate the drafters last to first (a second process beside a first)")
   ap.add_argument("--finished_only", action="store_true",
                   help="train nothing: evaluate and report the runs that finished")
   ap.add_argument("--out", required=True)
@@ -338,6 +341,7 @@ def main():
   drafters = {"start": os.path.abspath(a.start)}
   drafters.update({k: os.path.join(a.out, "runs", k, "export") for k in sorted(results)})
   evals = evaluate(a, drafters)
+  evals = {k: evals[k] for k in drafters}  # one order, whichever process evaluated what
   groups = {"start": ["start"]}
   for k, r in results.items():
     groups.setdefault(r["arm"], []).append(k)
