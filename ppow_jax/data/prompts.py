@@ -269,6 +269,7 @@ def _records(path: str, kind: str):
     yield from _json_records(path)
     return
   # (path, error, line, column) of a JSONL line that ends early: an error unless it is the last
+  # line and has no newline (a file cut off mid-record); a finished line that is cut is malformed
   pending = None
   n = 0
   for lineno, line in _read_lines(path):
@@ -283,7 +284,7 @@ def _records(path: str, kind: str):
     try:
       obj = json.loads(line)
     except json.JSONDecodeError as e:
-      if _incomplete(e):
+      if _incomplete(e) and not line.endswith("\n"):
         pending = (path, e, lineno, e.colno)
         continue
       raise _malformed(path, e, lineno, e.colno) from None
