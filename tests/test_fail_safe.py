@@ -47,8 +47,11 @@ def _main(*args, prelude=None, env=None):
          else [sys.executable, "-m", "ppow_jax.main"])
   env = {k: v for k, v in (env or os.environ).items() if k not in ("XLA_FLAGS", "PPOW_DEBUG")}
   env.update(JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
+  # A shell that started the tests in the background (`cmd &`) leaves SIGINT ignored, and the
+  # child would inherit that; the interruption tests need Ctrl-C's default meaning.
   return subprocess.run([*cmd, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300)
+                        text=True, timeout=300,
+                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _one_line(res, status: int, *needles) -> str:
