@@ -40,7 +40,7 @@ def resolve_gamma(config, target, drafter, workdir: str) -> float:
                               Eagle3EngineDrafter.bind(drafter, params))
   run_files.write_json(path, m)
   print(f"ppow: gamma {m['gamma']:.3f} measured on this machine (a draft token "
-        f"{m['draft_token_ms']:.3f} ms / a target step {m['target_ms']:.3f} ms)")
+        f"{m['draft_token_ms']:.3f} ms ({m['method']}) / a target step {m['target_ms']:.3f} ms)")
   return m["gamma"]
 
 
