@@ -50,6 +50,7 @@ def get_config():
       windowing=True, windowing_mode="proportional",  # or "top"
       windowing_start=20,  # uniform prefixes before this step
       clip_eps=0.2, beta=0.1,  # PPO clip; KL(P_target || Q) coefficient
+      policy_coef=1.0,  # RL term's weight; 0 keeps only the anchors (isolates the RL gradient)
       aux_coef=1.0,  # token-level soft cross-entropy on the window tokens
       loss_tokens="through_first_reject",  # policy-gradient tokens: or "all"
       # KL / soft-CE tokens: "all" also anchors the slots after the first rejection to the

@@ -348,7 +348,7 @@ def _ppow(f: Fields, in_pipeline: bool = False):
   p.int("group_size", 2)  # group-relative advantages need at least two windows per prefix
   p.int("prefixes_per_seq", 1)
   p.int("min_prefix", 1)
-  for name in ("gamma", "eta", "epsilon", "beta", "aux_coef"):
+  for name in ("gamma", "eta", "epsilon", "beta", "aux_coef", "policy_coef"):
     p.number(name, 0.0)
   p.bool("measure_gamma")
   p.bool("use_proximity")

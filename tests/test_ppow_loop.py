@@ -413,6 +413,33 @@ def test_ttt_aux_loss(start):
     make_ppow_step(target.cfg, drafter.cfg, opt, dataclasses.replace(base, aux_loss="tokens"), 38)
 
 
+def test_policy_coef_scales_only_the_rl_term(start):
+  """policy_coef = 0 with the anchors off (beta = aux = 0) leaves the drafter where it was; the
+  same step with policy_coef = 1 moves it. So the ablation removes the RL gradient and nothing
+  else; its policy_loss metric is the scaled term."""
+  # No warm-up: the first update is taken at the full learning rate (warm-up starts at 0).
+  config = _config("ppow", {**start["base"], "ppow.ppo_epochs": 1, "optim.warmup_steps": 0})
+  target = drafter_run.load_target(config)
+  drafter = load_eagle3(config.drafter.init_from, target.cfg)
+  records = selfdistill.load(config.data.dir, "train")
+  batch = jax.tree.map(jnp.asarray,
+                       selfdistill.SequenceData(records, seq_len=32, batch_size=8, seed=0).batch(0))
+  opt = drafter_run.make_optimizer(config.optim, 10)
+  params, tp, d2t = drafter.params(), target.params(), drafter.d2t[...]
+  state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
+  base = dataclasses.replace(ppow_mode.settings_from_config(config), beta=0.0, aux_coef=0.0)
+  moved, policy_loss = {}, {}
+  for coef in (0.0, 1.0):
+    step = make_ppow_step(target.cfg, drafter.cfg, opt,
+                          dataclasses.replace(base, policy_coef=coef), capacity=32 + 4 + 2)
+    new, m = jax.jit(step)(state, tp, d2t, batch, jax.random.key(3))
+    moved[coef] = max(float(jnp.max(jnp.abs(a - b)))
+                      for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(params)))
+    policy_loss[coef] = float(m["policy_loss"])
+  assert moved[0.0] == 0.0 and policy_loss[0.0] == 0.0
+  assert moved[1.0] > 0.0 and policy_loss[1.0] != 0.0
+
+
 def test_load_target_shards_only_when_the_mesh_splits_it(stories_path):
   """A mesh that splits weights (fsdp/tensor) gets the target placed on it at load; a data-only
   mesh leaves it on one device (replicated later with the train state)."""

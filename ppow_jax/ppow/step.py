@@ -39,6 +39,7 @@ class PPOWSettings:
   windowing_mode: str
   windowing_start: int
   clip_eps: float
+  policy_coef: float  # weight of the clipped policy-gradient term (0: anchors only)
   beta: float
   aux_coef: float
   loss_tokens: str  # policy-gradient tokens
@@ -166,7 +167,9 @@ def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
       _, logits_new, logp_new = rollout.draft_windows(
           dcfg, params, embed, d2t, v, dp_new, seq, prefix, k_win, tokens=draft)
       window_aux = s.aux_coef if s.aux_loss == "window" else 0.0
-      loss, lm = objective.ppow_loss(logp_new, logp_old, adv, mask, logits_new, target_window,
+      # The clipped surrogate is linear in the advantage: scaling it scales the policy term.
+      loss, lm = objective.ppow_loss(logp_new, logp_old, s.policy_coef * adv, mask, logits_new,
+                                     target_window,
                                      clip_eps=s.clip_eps, beta=s.beta, aux_coef=window_aux,
                                      anchor_mask=anchor_mask)
       if s.aux_loss == "ttt":
