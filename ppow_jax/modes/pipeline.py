@@ -204,10 +204,10 @@ class Drafting(NamedTuple):
 
 def _drafting_candidates(choice) -> tuple[list[int], Any, list[int]]:
   """(chain lengths K, the TreeSpec or None, its num_nodes candidates) of config.window_choice."""
-  from ppow_jax.modes import eval as eval_mode
-  chains = sorted(eval_mode.parse_numbers("config.window_choice.candidates", choice.candidates,
-                                          int, 1))
-  tree, nodes = eval_mode.parse_trees(
+  from ppow_jax.evaluation import parsing
+  chains = sorted(parsing.parse_numbers("config.window_choice.candidates", choice.candidates,
+                                        int, 1))
+  tree, nodes = parsing.parse_trees(
       "config.window_choice.tree", choice.get("tree", ""), "config.window_choice.tree_num_nodes",
       choice.get("tree_num_nodes", ""))
   return chains, tree, sorted({*nodes, tree.num_nodes}) if tree else []
