@@ -12,8 +12,9 @@ Stages (each guarded: a failure is recorded with its error and the others still 
   decode       one cached 1-token step at each `--decode_batches` (decode layout, as the engine).
   verify_cost  forward(K+1) / forward(1) at batch 1 for K+1 = 2..8 (the speculative premise:
                on an accelerator verification is memory-bound, so the ratio stays near 1).
-  sft_step     the token-level EAGLE-3 step (`modes.sft.make_train_step`: 7 training-time-test
-               steps, the config's draft vocabulary, the target's forward included).
+  sft_step     the token-level EAGLE-3 step (`eagle3.train_step.make_train_step`: 7
+               training-time-test steps, the config's draft vocabulary, the target's forward
+               included).
   ppow_step    the PPOW step (`ppow.step.make_ppow_step` with configs/ppow.py's settings).
 Both training steps are compiled from the dry run's `Plan` (modes/dryrun.py) on one device, so
 the plan (XLA's memory_analysis() of that executable, and the held bytes from the shardings) is
@@ -486,7 +487,8 @@ def _train_stage(args, record, kind: str):
   import jax.numpy as jnp
   import numpy as np
 
-  from ppow_jax.modes import dryrun, sft
+  from ppow_jax.eagle3 import train_step
+  from ppow_jax.modes import dryrun
   from ppow_jax.parallel import sharding
 
   batch = args.sft_batch if kind == "sft" else args.ppow_batch
@@ -495,8 +497,9 @@ def _train_stage(args, record, kind: str):
   mesh = sharding.make_mesh(sharding.mesh_shape(c), jax.devices()[:1])
   plan = dryrun.Plan(c, mesh)
   if kind == "sft":
-    step = sft.make_train_step(plan.tcfg, plan.dcfg, plan.optimizer, steps=plan.settings.ttt_steps,
-                               decay=plan.settings.ttt_decay, compute_dtype=plan.dcfg.dtype)
+    step = train_step.make_train_step(
+        plan.tcfg, plan.dcfg, plan.optimizer, steps=plan.settings.ttt_steps,
+        decay=plan.settings.ttt_decay, compute_dtype=plan.dcfg.dtype)
   else:
     from ppow_jax.ppow.step import make_ppow_step
     step = make_ppow_step(plan.tcfg, plan.dcfg, plan.optimizer, plan.settings, plan.capacity)

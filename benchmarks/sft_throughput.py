@@ -4,8 +4,8 @@ features, float32 vs bfloat16 drafter compute, in one run.
   python benchmarks/sft_throughput.py --target ~/.cache/ppow_jax/models/SmolLM2-135M-Instruct \
     --batch 8 --seq_len 512 --draft_vocab 16384 --steps 3 --out runs/sft_throughput.json
 
-Each variant runs the real jitted step of `ppow_jax.modes.sft` (7 TTT steps, AdamW) on random
-token batches; timings leave the first (compiling) step out. Reported per variant: tokens/s
+Each variant runs the real jitted step of `ppow_jax.eagle3.train_step` (7 TTT steps, AdamW) on
+random token batches; timings leave the first (compiling) step out. Reported per variant: tokens/s
 (wall), CPU seconds per 1,000 training tokens (user + system, both cores), and for the cached
 mode the one-off cost of building the feature cache per 1,000 tokens (a target forward in
 float32 over the sequences, written as bfloat16). Variants are timed one after the other, so
@@ -30,8 +30,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ppow_jax.eagle3 import model as e3  # noqa: E402
+from ppow_jax.eagle3.train_step import make_train_step  # noqa: E402
 from ppow_jax.models import hf_checkpoint, transformer  # noqa: E402
-from ppow_jax.modes import sft  # noqa: E402
 from ppow_jax.training import drafter_run  # noqa: E402
 
 
@@ -102,8 +102,8 @@ def main():
     if name == "legacy":
       fn = legacy_step(target.cfg, dcfg, opt, 7, 0.8)
     else:
-      fn = sft.make_train_step(target.cfg, dcfg, opt, steps=7, decay=0.8,
-                               compute_dtype={"f32": "float32", "bf16": "bfloat16"}[dtype])
+      fn = make_train_step(target.cfg, dcfg, opt, steps=7, decay=0.8,
+                           compute_dtype={"f32": "float32", "bf16": "bfloat16"}[dtype])
     step = jax.jit(fn, donate_argnums=(0,))
     params = jax.tree.map(jnp.copy, drafter.params())  # each variant donates its own copy
     state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}

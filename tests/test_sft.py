@@ -18,7 +18,7 @@ from ppow_jax.decoding import engine
 from ppow_jax.decoding.drafter_io import load_drafter
 from ppow_jax.eagle3 import build_vocab_maps, load_eagle3
 from ppow_jax.eagle3 import model as e3
-from ppow_jax.eagle3 import ttt
+from ppow_jax.eagle3 import train_step, ttt
 from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
 from ppow_jax.models import transformer
 from ppow_jax.models.hf_checkpoint import load_model
@@ -150,7 +150,7 @@ def test_train_step_lowers_loss_on_a_fixed_batch(stories_path, data_dir, target,
   batch = {k: jnp.asarray(v) for k, v in SequenceData(train, 32, 8).batch(0).items()}
   assert batch["loss_mask"].any()
   opt = drafter_run.make_optimizer(config.optim, 11)
-  step_fn = jax.jit(sft.make_train_step(target.cfg, dcfg, opt, steps=2, decay=0.8))
+  step_fn = jax.jit(train_step.make_train_step(target.cfg, dcfg, opt, steps=2, decay=0.8))
   params = drafter.params()
   state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
   tp, d2t = target.params(), drafter.d2t[...]
@@ -404,13 +404,13 @@ def test_draft_vocab_logits_and_bfloat16_step(target):
   x = jax.random.randint(jax.random.key(0), (2, 16), 0, target.cfg.vocab_size)
   out = transformer.forward(target.cfg, tp, x)
   ids = ttt.draft_vocab_ids(d.d2t[...])
-  np.testing.assert_allclose(sft.draft_vocab_logits(tp, out.last_hidden, d.d2t[...]),
+  np.testing.assert_allclose(train_step.draft_vocab_logits(tp, out.last_hidden, d.d2t[...]),
                              out.logits[..., ids], rtol=1e-5, atol=1e-5)
   opt = drafter_run.make_optimizer(_sft_config(".", ".").optim, 10)
   batch = {"tokens": x, "valid": jnp.ones(x.shape, bool), "loss_mask": jnp.ones(x.shape, bool)}
   losses = {}
   for dtype in ("float32", "bfloat16"):
-    step = jax.jit(sft.make_train_step(target.cfg, cfg, opt, steps=3, decay=0.8,
+    step = jax.jit(train_step.make_train_step(target.cfg, cfg, opt, steps=3, decay=0.8,
                                        compute_dtype=dtype))
     state = {"params": d.params(), "opt_state": opt.init(d.params()),
              "step": jnp.zeros((), jnp.int32)}

@@ -183,7 +183,7 @@ class Plan:
     """The jitted step lowered on abstract, sharded arguments (as loop.run_loop jits it).
 
     step_fn: any (state, target_params, d2t, batch, rng) -> (state, metrics) over this plan's
-    shapes, e.g. the token-level step (`modes.sft.make_train_step`); default the PPOW step.
+    shapes, e.g. the token-level step (`eagle3.train_step.make_train_step`); default the PPOW step.
     """
     from ppow_jax.ppow.step import make_ppow_step
 
