@@ -146,7 +146,7 @@ def main(argv=None):
   os.makedirs(args.workdir, exist_ok=True)
   from ppow_jax.eagle3.checkpoint import load_eagle3
   from ppow_jax.modes import sft
-  from ppow_jax.training import drafter_run
+  from ppow_jax.training import data_feed, final_eval, startup
   windows = tuple(int(k) for k in args.windows.split(","))
   rows = []
   target = None
@@ -157,11 +157,11 @@ def main(argv=None):
       os.makedirs(workdir, exist_ok=True)
       config = sft_config(source, args, workdir, steps)
       if target is None:
-        target = drafter_run.load_target(config)
+        target = startup.load_target(config)
         held, held_texts = heldout_set(args, target.tokenizer, target.cfg, target.params())
       if data_cpu is None:  # the data (and its feature cache) once per source
         t = time.process_time()
-        train, _ = drafter_run.prepare_data(config, target, workdir)
+        train, _ = data_feed.prepare_data(config, target, workdir)
         data_cpu = time.process_time() - t
         unique_tokens = int(token_counts(train, target.cfg.vocab_size).sum())
       t = time.process_time()
@@ -170,8 +170,8 @@ def main(argv=None):
       drafter = load_eagle3(os.path.join(workdir, "export"), target.cfg)
       agree = agreement(target.cfg, target.params(), drafter, held, args.seq_len)
       ids = [r[1:1 + int(r[0])].tolist() for r in held[:args.num_tau]]
-      tau = drafter_run.measure_tau(target, drafter, ids, windows=windows,
-                                    max_new_tokens=args.max_new_tokens, batch_size=1)
+      tau = final_eval.measure_tau(target, drafter, ids, windows=windows,
+                                   max_new_tokens=args.max_new_tokens, batch_size=1)
       rows.append({"source": source, "steps": steps, "data_cpu_min": data_cpu / 60,
                    "train_cpu_min": train_cpu / 60, "unique_tokens": unique_tokens,
                    "agreement": agree, **tau})

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from ppow_jax.eagle3 import model as e3  # noqa: E402
 from ppow_jax.eagle3.train_step import make_train_step  # noqa: E402
 from ppow_jax.models import hf_checkpoint, transformer  # noqa: E402
-from ppow_jax.training import drafter_run  # noqa: E402
+from ppow_jax.training import drafter_init  # noqa: E402
 
 
 def cpu_seconds():
@@ -77,7 +77,7 @@ def main():
   drafter = e3.Eagle3Drafter(dcfg, rngs=nnx.Rngs(0))
   optim = ml_collections.ConfigDict(dict(learning_rate=1e-4, warmup_steps=1, final_lr_fraction=1.0,
                                          b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0))
-  opt = drafter_run.make_optimizer(optim, 1000)
+  opt = drafter_init.make_optimizer(optim, 1000)
   rng = np.random.default_rng(0)
   b, t = args.batch, args.seq_len
   batch = {"tokens": rng.integers(0, target.cfg.vocab_size, (b, t)).astype(np.int32),

@@ -142,7 +142,7 @@ class Plan:
 
   def __init__(self, config, mesh):
     from ppow_jax.modes import ppow as ppow_mode
-    from ppow_jax.training import drafter_run, loop
+    from ppow_jax.training import drafter_init, loop
 
     self.mesh = mesh
     self.rules = sharding.rules_from_config(config)
@@ -153,7 +153,7 @@ class Plan:
                                              self.rules)
     self.drafter_sh = sharding.tree_shardings(self.drafter, e3.LOGICAL_AXES, mesh, self.rules)
     self.settings = ppow_mode.settings_from_config(config)
-    self.optimizer = drafter_run.make_optimizer(config.optim, config.train.num_steps)
+    self.optimizer = drafter_init.make_optimizer(config.optim, config.train.num_steps)
     self.state_sh = loop.state_shardings(self.optimizer, self.drafter, self.drafter_sh, mesh)
     self.opt_state = jax.eval_shape(self.optimizer.init, self.drafter)
     b, t = int(config.train.batch_size), int(config.data.seq_len)
