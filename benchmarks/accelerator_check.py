@@ -541,7 +541,7 @@ def _train_stage(args, record, kind: str):
   times, losses = [], []
   for i in range(1 + args.train_steps):  # the first call is not timed
     t0 = time.perf_counter()
-    state, metrics = compiled(state, target, d2t, data, jax.random.key(i))
+    state, (metrics, _) = compiled(state, target, d2t, data, jax.random.key(i))  # loop's step
     losses.append(float(jax.block_until_ready(metrics["loss"])))
     times.append(time.perf_counter() - t0)
   sec = float(np.median(times[1:]))
