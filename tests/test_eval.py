@@ -2,7 +2,6 @@
 columns and figures; greedy runs are deterministic; bad benchmarks and drafters fail before
 decoding."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import configs
 from ppow_jax import assets
 from ppow_jax.decoding import runner
 from ppow_jax.decoding.drafter_io import DrafterMismatchError
@@ -23,16 +23,12 @@ from ppow_jax.models.config import ModelConfig
 from ppow_jax.models.transformer import Transformer
 from ppow_jax.modes import eval as eval_mode
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SPEC_BENCH = pathlib.Path(assets.SPEC_BENCH)
 WINDOW = 3
 
 
 def _config(target, drafters, benchmarks, **eval_kw):
-  spec = importlib.util.spec_from_file_location("eval_config", REPO / "configs" / "eval.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = configs.load("eval")
   c.target.path = target
   c.drafters = drafters
   c.data.benchmarks = benchmarks
@@ -302,10 +298,7 @@ def test_baseline_and_drafters_decode_each_category_back_to_back(stories_path, d
 def test_readme_command_1_evaluates_the_shipped_spec_bench():
   """README command 1's table stands on Spec-Bench as shipped: one prompt of each of its 13
   categories, whatever folders lie beside the clone; training avoids all three evaluation sets."""
-  spec = importlib.util.spec_from_file_location("default_config", REPO / "configs" / "default.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = configs.load("default")
   assert c.eval.data.benchmarks == assets.SPEC_BENCH
   assert c.sft.data.exclude.split(",") == list(assets.BENCHMARKS)
   assert all(pathlib.Path(p).is_file() for p in assets.BENCHMARKS)

@@ -8,7 +8,6 @@ fresh drafter is never accepted, which would make every reward 0 and these check
 
 import dataclasses
 import functools
-import importlib.util
 import math
 import os
 import pathlib
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import configs
 from ppow_jax.data import selfdistill
 from ppow_jax.eagle3 import load_eagle3
 from ppow_jax.models import safetensors_io
@@ -52,10 +52,7 @@ METRIC_KEYS = ("loss", "policy_loss", "kl", "clip_fraction", "aux_ce", "grad_nor
 
 
 def _config(name, overrides):
-  spec = importlib.util.spec_from_file_location(f"{name}_config", ROOT / "configs" / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = configs.load(name)
   for key, value in overrides.items():
     *path, leaf = key.split(".")
     node = c

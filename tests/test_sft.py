@@ -2,10 +2,8 @@
 same result as an uninterrupted run, its export decodes losslessly, and the NaN guard keeps the
 last good checkpoint."""
 
-import importlib.util
 import json
 import os
-import pathlib
 
 import flax.nnx as nnx
 import jax
@@ -13,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import configs
 from ppow_jax.data.selfdistill import SequenceData
 from ppow_jax.decoding import engine
 from ppow_jax.decoding.drafter_io import load_drafter
@@ -29,16 +28,12 @@ from ppow_jax.training.metrics import NonFiniteLossError, read_metrics
 
 from conftest import random_eagle3_drafter
 
-CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "sft.py"
 NUM_STEPS = 6
 
 
 def _sft_config(stories_path, data_dir):
   """configs/sft.py shrunk to a seconds-long run (6 steps, checkpoints at 3 and 6)."""
-  spec = importlib.util.spec_from_file_location("sft_config", CONFIG_FILE)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = configs.load("sft")
   c.target.path = stories_path
   c.data.update(dir=data_dir, num_samples=24, num_heldout=4, max_new_tokens=31, seq_len=32,
                 gen_batch_size=24)
