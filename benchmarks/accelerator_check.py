@@ -36,7 +36,6 @@ import argparse
 import collections
 import datetime
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -49,6 +48,8 @@ import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
+from ppow_jax import run_files  # noqa: E402
 
 STAGES = ("correctness", "prefill", "decode", "verify_cost", "sft_step", "ppow_step")
 GROUPS = {"correctness": ("correctness",), "inference": ("prefill", "decode", "verify_cost"),
@@ -251,13 +252,10 @@ def tree_bytes(tree) -> int:
 def load_target_config(name: str, smoke: bool, batch: int = 0, seq_len: int = 0, layers: int = 0):
   """configs/targets/NAME.py on one device (no topology), with the training shapes; in smoke
   mode the dry run's `tiny` copy of it (same structure, toy size)."""
+  import configs
   from ppow_jax.modes import dryrun
 
-  path = os.path.join(REPO, "configs", "targets", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"accel_target_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = configs.load(f"targets/{name}")
   with c.unlocked():
     c.topology = ""
     c.mesh.update(data=1, fsdp=1, tensor=1)
@@ -580,10 +578,8 @@ def run_group(args):
   result = {"device": None, "stages": {}}
 
   def save():
-    tmp = args.result + ".tmp"
-    with open(tmp, "w") as f:
+    with run_files.atomic_open(args.result) as f:
       json.dump(result, f, indent=1, default=str)
-    os.replace(tmp, args.result)
 
   try:
     result["device"] = device_info()
@@ -819,10 +815,8 @@ def _summary(name: str, e: dict) -> str:
 
 
 def write_outputs(out: str, report: dict):
-  tmp = os.path.join(out, RESULT_JSON + ".tmp")
-  with open(tmp, "w") as f:
+  with run_files.atomic_open(os.path.join(out, RESULT_JSON)) as f:
     json.dump(report, f, indent=2, default=str)
-  os.replace(tmp, os.path.join(out, RESULT_JSON))
   with open(os.path.join(out, RESULT_MD), "w") as f:
     f.write(markdown(report))
 

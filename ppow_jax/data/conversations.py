@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
+from ppow_jax import run_files
 from ppow_jax.data import datasets
 from ppow_jax.data.prompts import Conversation, PromptFileError, _as_id_list
 
@@ -124,12 +125,11 @@ def _round_files(out_dir: str, split: str, r: int) -> str:
 
 
 def _write_outputs(path: str, index: Sequence[int], outs: Sequence[Sequence[int]]):
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, index=np.asarray(index, np.int64),
-           lengths=np.asarray([len(o) for o in outs], np.int64),
-           tokens=np.concatenate([np.asarray(o, np.int32) for o in outs]) if outs
-           else np.zeros((0,), np.int32))
-  os.replace(tmp, path)
+  with run_files.atomic_open(path, "wb") as f:
+    np.savez(f, index=np.asarray(index, np.int64),
+             lengths=np.asarray([len(o) for o in outs], np.int64),
+             tokens=np.concatenate([np.asarray(o, np.int32) for o in outs]) if outs
+             else np.zeros((0,), np.int32))
 
 
 def _read_outputs(path: str) -> dict[int, np.ndarray]:

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ppow_jax import run_files
 from ppow_jax.data import prompts as prompt_files
 
 
@@ -168,10 +169,9 @@ def write_chunk(path: str, records: Sequence[tuple[int, np.ndarray]],
   if masks is not None:
     extra["loss_masks"] = (np.concatenate([np.asarray(m, bool) for m in masks]) if records
                            else np.zeros((0,), bool))
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, prompt_lens=np.asarray([p for p, _ in records], np.int32), lengths=lens,
-           tokens=tokens, **extra)
-  os.replace(tmp, path)
+  with run_files.atomic_open(path, "wb") as f:
+    np.savez(f, prompt_lens=np.asarray([p for p, _ in records], np.int32), lengths=lens,
+             tokens=tokens, **extra)
 
 
 def read_chunk(path: str) -> list[tuple[int, np.ndarray]]:

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from ppow_jax import run_files
 from ppow_jax.eagle3.model import Eagle3Config, Eagle3Drafter, param_shapes
 from ppow_jax.models import safetensors_io, torch_zip
 from ppow_jax.models.config import ConfigError, ModelConfig
@@ -225,11 +226,7 @@ def save_eagle3(drafter: Eagle3Drafter, path: str, *, embed_table=None):
                        f"({cfg.vocab_size}, {cfg.hidden_size})")
     tensors[EMBED_TENSOR] = np.ascontiguousarray(e)
   safetensors_io.save(os.path.join(path, "model.safetensors"), tensors, {"format": "pt"})
-  fname = os.path.join(path, "config.json")
-  tmp = f"{fname}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(config_to_hf_dict(cfg), f, indent=2)
-  os.replace(tmp, fname)
+  run_files.write_json(os.path.join(path, "config.json"), config_to_hf_dict(cfg))
 
 
 def _load_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:

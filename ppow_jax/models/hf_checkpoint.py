@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppow_jax import run_files
 from ppow_jax.models import safetensors_io
 from ppow_jax.models.config import ConfigError, ModelConfig
 from ppow_jax.models.transformer import Transformer, layer_param_shapes
@@ -212,16 +213,9 @@ def save_model(model: Transformer, path: str, *, max_shard_bytes: int | None = N
       safetensors_io.save(os.path.join(path, fname), shard, {"format": "pt"})
       weight_map.update({k: fname for k in shard})
     total = sum(v.nbytes for v in tensors.values())
-    _write_json(os.path.join(path, "model.safetensors.index.json"),
-                {"metadata": {"total_size": total}, "weight_map": weight_map})
-  _write_json(os.path.join(path, "config.json"), model.cfg.to_hf_dict())
-
-
-def _write_json(fname, obj):
-  tmp = fname + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, fname)
+    run_files.write_json(os.path.join(path, "model.safetensors.index.json"),
+                         {"metadata": {"total_size": total}, "weight_map": weight_map})
+  run_files.write_json(os.path.join(path, "config.json"), model.cfg.to_hf_dict())
 
 
 def load_tokenizer(path: str):
