@@ -50,7 +50,7 @@ from ppow_jax import run_files
 from ppow_jax.eagle3.model import Eagle3Config, Eagle3Drafter, param_shapes
 from ppow_jax.models import safetensors_io, torch_zip
 from ppow_jax.models.config import ConfigError, ModelConfig
-from ppow_jax.models.hf_checkpoint import CheckpointError, _tensor_index
+from ppow_jax.models.hf_checkpoint import CheckpointError, TensorReader
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 # Names vLLM's registry also accepts for the same drafter.
@@ -236,18 +236,8 @@ def _load_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:
   if os.path.exists(torch_file) and not any(
       os.path.exists(os.path.join(path, f)) for f in SAFETENSORS_FILES):
     return {k: (v, torch_file) for k, v in torch_zip.load(torch_file).items()}
-  where = _tensor_index(path)
-  opened, out = {}, {}
-  for name, fname in where.items():
-    if fname not in opened:
-      if not os.path.exists(fname):
-        raise CheckpointError(f"{path}: shard file {os.path.basename(fname)} listed in the index "
-                              "does not exist")
-      opened[fname] = safetensors_io.load(fname)
-    if name not in opened[fname]:
-      raise CheckpointError(f"{fname}: missing tensor {name!r}")
-    out[name] = (opened[fname][name], fname)
-  return out
+  reader = TensorReader(path)
+  return {name: (reader.tensor(name), fname) for name, fname in reader.where.items()}
 
 
 def _params_from_tensors(path: str, cfg: Eagle3Config, tensors: dict) -> tuple[dict, np.ndarray,
