@@ -46,10 +46,9 @@ import threading
 import time
 import traceback
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from ppow_jax import run_files  # noqa: E402
+import common
+from common import REPO, commit
+from ppow_jax import run_files
 
 STAGES = ("correctness", "prefill", "decode", "verify_cost", "sft_step", "ppow_step")
 GROUPS = {"correctness": ("correctness",), "inference": ("prefill", "decode", "verify_cost"),
@@ -96,7 +95,7 @@ def _int_list(s: str) -> list[int]:
 
 
 def parse_args(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap = common.parser(__doc__, target=None, out=None)  # its --target names a configs/targets file
   ap.add_argument("--out", required=True, help="folder for accelerator_check.json and .md")
   ap.add_argument("--smoke", action="store_true",
                   help="tiny shapes on any backend (CPU: ~100 CPU seconds): the suite's check")
@@ -616,20 +615,6 @@ def run_group(args):
 
 
 # --- the orchestrating process --------------------------------------------------------------------
-
-
-def commit() -> str:
-  """The checkout's commit (+ "-dirty" if tracked files changed), else $PPOW_JAX_COMMIT."""
-  try:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True, timeout=10)
-    if head.returncode == 0:
-      dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-      return head.stdout.strip() + ("-dirty" if dirty else "")
-  except (OSError, subprocess.SubprocessError):
-    pass
-  return os.environ.get("PPOW_JAX_COMMIT", "unknown")
 
 
 def _run_child(cmd, env, timeout) -> tuple[int | None, str]:
