@@ -27,7 +27,6 @@ import os
 from typing import Sequence
 
 import numpy as np
-from absl import logging
 
 from ppow_jax import run_files
 from ppow_jax.data import datasets
@@ -293,14 +292,6 @@ def prepare(target_cfg, target_params, tokenizer, data_dir: str, specs: dict[str
     datasets.ConversationData(data_dir=data_dir, chunks=chunks,
                               settings=settings).download_and_prepare()
     builder = datasets.ConversationData(data_dir=data_dir)
-  have = dict(builder.info.metadata.get("settings", {}))
-  for name, fields in want.items():
-    stale = {f: (have.get(name, {}).get(f), v) for f, v in fields.items()
-             if f in have.get(name, {}) and have[name][f] != v}
-    if stale:
-      logging.warning("%s: reusing cached conversation %s split made with %s; this config asks "
-                      "for %s (use another data.dir to rebuild)", builder.data_dir, name,
-                      ", ".join(f"{f}={a!r}" for f, (a, _) in stale.items()),
-                      ", ".join(f"{f}={b!r}" for f, (_, b) in stale.items()))
+  datasets.warn_if_stale(builder, want, "conversation", "rebuild")
   source = builder.as_data_source()
   return {name: datasets.MaskedRecords(source[name]) for name in specs}

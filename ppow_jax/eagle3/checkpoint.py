@@ -49,7 +49,7 @@ from absl import logging
 from ppow_jax import run_files
 from ppow_jax.eagle3.model import Eagle3Config, Eagle3Drafter, param_shapes
 from ppow_jax.models import safetensors_io, torch_zip
-from ppow_jax.models.config import ConfigError, ModelConfig
+from ppow_jax.models.config import ConfigError, ModelConfig, rope_parameters
 from ppow_jax.models.hf_checkpoint import CheckpointError, TensorReader
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
@@ -81,13 +81,7 @@ TORCH_FILE = "pytorch_model.bin"  # EAGLE's published drafters (torch.save), rea
 
 def config_to_hf_dict(cfg: Eagle3Config) -> dict:
   """The drafter's `config.json`."""
-  rope = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
-  if cfg.rope_llama3:
-    f, lo, hi, orig = cfg.rope_llama3
-    rope.update(rope_type="llama3", factor=f, low_freq_factor=lo, high_freq_factor=hi,
-                original_max_position_embeddings=orig)
-  elif cfg.rope_linear_factor:
-    rope.update(rope_type="linear", factor=cfg.rope_linear_factor)
+  rope = rope_parameters(cfg.rope_theta, cfg.rope_llama3, cfg.rope_linear_factor)
   scaling = None
   if rope["rope_type"] != "default":
     scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
