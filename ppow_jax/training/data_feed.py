@@ -20,6 +20,7 @@ from ppow_jax.user_errors import ConfigValueError
 
 
 def data_dir(config, workdir: str) -> str:
+  """Where the run's data is cached: data.dir, else WORKDIR/data."""
   return config.data.dir or os.path.join(workdir, "data")
 
 

@@ -16,6 +16,8 @@ from ppow_jax.user_errors import ConfigValueError
 
 @dataclasses.dataclass
 class Target:
+  """The frozen target of a run: its model (config and weights) and tokenizer."""
+
   model: Any
   tokenizer: Any
 
