@@ -28,7 +28,8 @@ def load_prompt_ids(args, tokenizer):
     ps = prompt_files.load_prompts(args.prompts, limit=args.num_prompts or None)
     return prompt_files.encode_prompts(tokenizer, ps, args.max_prompt_len)
   recs = selfdistill.read_records(os.path.join(args.data_dir, "selfdistill-heldout.array_record"))
-  # As training.final_eval.eval_prompts: the first prompt_len tokens after the record's length field.
+  # As training.final_eval.eval_prompts: the first prompt_len tokens after the record's length
+  # field.
   return [r[1:1 + max(int(r[0]), args.prompt_len)].tolist() for r in recs[:args.num_prompts]]
 
 

@@ -101,7 +101,8 @@ def make_optimizer(o, num_steps: int, fc_scale=None) -> optax.GradientTransforma
   rows scaled by `fc_scale`, see feature_scale)."""
   schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=o.learning_rate, warmup_steps=min(o.warmup_steps, num_steps),
-      decay_steps=max(num_steps, o.warmup_steps + 1), end_value=o.learning_rate * o.final_lr_fraction)
+      decay_steps=max(num_steps, o.warmup_steps + 1),
+      end_value=o.learning_rate * o.final_lr_fraction)
   chain = [optax.clip_by_global_norm(o.grad_clip),
            optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay)]
   if fc_scale is not None:
