@@ -12,8 +12,9 @@ Stages (each guarded: a failure is recorded with its error and the others still 
   decode       one cached 1-token step at each `--decode_batches` (decode layout, as the engine).
   verify_cost  forward(K+1) / forward(1) at batch 1 for K+1 = 2..8 (the speculative premise:
                on an accelerator verification is memory-bound, so the ratio stays near 1).
-  sft_step     the token-level EAGLE-3 step (`modes.sft.make_train_step`: 7 training-time-test
-               steps, the config's draft vocabulary, the target's forward included).
+  sft_step     the token-level EAGLE-3 step (`eagle3.train_step.make_train_step`: 7
+               training-time-test steps, the config's draft vocabulary, the target's forward
+               included).
   ppow_step    the PPOW step (`ppow.step.make_ppow_step` with configs/ppow.py's settings).
 Both training steps are compiled from the dry run's `Plan` (modes/dryrun.py) on one device, so
 the plan (XLA's memory_analysis() of that executable, and the held bytes from the shardings) is
@@ -35,7 +36,6 @@ import argparse
 import collections
 import datetime
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -46,8 +46,9 @@ import threading
 import time
 import traceback
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import common
+from common import REPO, commit
+from ppow_jax import run_files
 
 STAGES = ("correctness", "prefill", "decode", "verify_cost", "sft_step", "ppow_step")
 GROUPS = {"correctness": ("correctness",), "inference": ("prefill", "decode", "verify_cost"),
@@ -94,7 +95,7 @@ def _int_list(s: str) -> list[int]:
 
 
 def parse_args(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap = common.parser(__doc__, target=None, out=None)  # its --target names a configs/targets file
   ap.add_argument("--out", required=True, help="folder for accelerator_check.json and .md")
   ap.add_argument("--smoke", action="store_true",
                   help="tiny shapes on any backend (CPU: ~100 CPU seconds): the suite's check")
@@ -250,13 +251,10 @@ def tree_bytes(tree) -> int:
 def load_target_config(name: str, smoke: bool, batch: int = 0, seq_len: int = 0, layers: int = 0):
   """configs/targets/NAME.py on one device (no topology), with the training shapes; in smoke
   mode the dry run's `tiny` copy of it (same structure, toy size)."""
+  import configs
   from ppow_jax.modes import dryrun
 
-  path = os.path.join(REPO, "configs", "targets", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"accel_target_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = configs.load(f"targets/{name}")
   with c.unlocked():
     c.topology = ""
     c.mesh.update(data=1, fsdp=1, tensor=1)
@@ -486,7 +484,8 @@ def _train_stage(args, record, kind: str):
   import jax.numpy as jnp
   import numpy as np
 
-  from ppow_jax.modes import dryrun, sft
+  from ppow_jax.eagle3 import train_step
+  from ppow_jax.modes import dryrun
   from ppow_jax.parallel import sharding
 
   batch = args.sft_batch if kind == "sft" else args.ppow_batch
@@ -495,8 +494,9 @@ def _train_stage(args, record, kind: str):
   mesh = sharding.make_mesh(sharding.mesh_shape(c), jax.devices()[:1])
   plan = dryrun.Plan(c, mesh)
   if kind == "sft":
-    step = sft.make_train_step(plan.tcfg, plan.dcfg, plan.optimizer, steps=plan.settings.ttt_steps,
-                               decay=plan.settings.ttt_decay, compute_dtype=plan.dcfg.dtype)
+    step = train_step.make_train_step(
+        plan.tcfg, plan.dcfg, plan.optimizer, steps=plan.settings.ttt_steps,
+        decay=plan.settings.ttt_decay, compute_dtype=plan.dcfg.dtype)
   else:
     from ppow_jax.ppow.step import make_ppow_step
     step = make_ppow_step(plan.tcfg, plan.dcfg, plan.optimizer, plan.settings, plan.capacity)
@@ -538,7 +538,7 @@ def _train_stage(args, record, kind: str):
   times, losses = [], []
   for i in range(1 + args.train_steps):  # the first call is not timed
     t0 = time.perf_counter()
-    state, metrics = compiled(state, target, d2t, data, jax.random.key(i))
+    state, (metrics, _) = compiled(state, target, d2t, data, jax.random.key(i))  # loop's step
     losses.append(float(jax.block_until_ready(metrics["loss"])))
     times.append(time.perf_counter() - t0)
   sec = float(np.median(times[1:]))
@@ -577,10 +577,8 @@ def run_group(args):
   result = {"device": None, "stages": {}}
 
   def save():
-    tmp = args.result + ".tmp"
-    with open(tmp, "w") as f:
+    with run_files.atomic_open(args.result) as f:
       json.dump(result, f, indent=1, default=str)
-    os.replace(tmp, args.result)
 
   try:
     result["device"] = device_info()
@@ -617,20 +615,6 @@ def run_group(args):
 
 
 # --- the orchestrating process --------------------------------------------------------------------
-
-
-def commit() -> str:
-  """The checkout's commit (+ "-dirty" if tracked files changed), else $PPOW_JAX_COMMIT."""
-  try:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True, timeout=10)
-    if head.returncode == 0:
-      dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-      return head.stdout.strip() + ("-dirty" if dirty else "")
-  except (OSError, subprocess.SubprocessError):
-    pass
-  return os.environ.get("PPOW_JAX_COMMIT", "unknown")
 
 
 def _run_child(cmd, env, timeout) -> tuple[int | None, str]:
@@ -816,10 +800,8 @@ def _summary(name: str, e: dict) -> str:
 
 
 def write_outputs(out: str, report: dict):
-  tmp = os.path.join(out, RESULT_JSON + ".tmp")
-  with open(tmp, "w") as f:
+  with run_files.atomic_open(os.path.join(out, RESULT_JSON)) as f:
     json.dump(report, f, indent=2, default=str)
-  os.replace(tmp, os.path.join(out, RESULT_JSON))
   with open(os.path.join(out, RESULT_MD), "w") as f:
     f.write(markdown(report))
 

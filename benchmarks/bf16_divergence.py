@@ -14,18 +14,11 @@ differs and where the first difference falls. Writes OUT/results.json and OUT/re
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from ppow_jax.data import prompts as prompt_files  # noqa: E402
-from ppow_jax.decoding import runner  # noqa: E402
-from ppow_jax.decoding.drafter_io import load_drafter  # noqa: E402
-from ppow_jax.models import hf_checkpoint, transformer  # noqa: E402
+import common
+from ppow_jax.data import prompts as prompt_files
+from ppow_jax.decoding import runner
+from ppow_jax.decoding.drafter_io import load_drafter
+from ppow_jax.models import hf_checkpoint, transformer
 
 
 def first_difference(a, b) -> int | None:
@@ -36,8 +29,7 @@ def first_difference(a, b) -> int | None:
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--target", required=True)
+  ap = common.parser(__doc__)
   ap.add_argument("--drafter", required=True, help="an EAGLE-3 export")
   ap.add_argument("--benchmarks", required=True)
   ap.add_argument("--per_category", type=int, default=1)
@@ -45,9 +37,7 @@ def main():
   ap.add_argument("--max_prompt_len", type=int, default=512)
   ap.add_argument("--window", type=int, default=4)
   ap.add_argument("--dtypes", default="float32,bfloat16")
-  ap.add_argument("--out", required=True)
   args = ap.parse_args()
-  os.makedirs(args.out, exist_ok=True)
 
   prompts = []
   for path in args.benchmarks.split(","):
@@ -74,19 +64,17 @@ def main():
         "tau": sum(len(r.output_token_ids) for r in sd) / sum(len(r.accept_lengths) for r in sd)}
     print(f"{dtype}: {len(diverged)}/{len(ids)} outputs differ from autoregressive"
           + (f" (first differences at tokens {sorted(diverged)})" if diverged else ""), flush=True)
-  lines = ["| dtype | prompts | outputs differing from autoregressive | first difference at token |"
-           " tau |", "| --- | --- | --- | --- | --- |"]
-  for dtype, r in results.items():
-    pos = ", ".join(str(p) for p in sorted(r["first_difference_positions"])) or "-"
-    lines.append(f"| {dtype} | {r['prompts']} | {r['diverged']} ({r['divergence_rate']:.0%}) | "
-                 f"{pos} | {r['tau']:.2f} |")
-  table = "\n".join(lines)
+  table = common.markdown_table(
+      ["dtype", "prompts", "outputs differing from autoregressive", "first difference at token",
+       "tau"],
+      [[dtype, r["prompts"], f"{r['diverged']} ({r['divergence_rate']:.0%})",
+        ", ".join(str(p) for p in sorted(r["first_difference_positions"])) or "-",
+        f"{r['tau']:.2f}"] for dtype, r in results.items()])
   print(table)
-  with open(os.path.join(args.out, "results.md"), "w") as f:
-    f.write(f"{len(ids)} prompts from {args.benchmarks}, {args.max_new_tokens} new tokens, "
-            f"greedy, K={args.window}, drafter {args.drafter}\n\n{table}\n")
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump({"args": vars(args), "results": results}, f, indent=2)
+  common.write_results(args.out, {"args": vars(args), "results": results},
+                       f"{len(ids)} prompts from {args.benchmarks}, {args.max_new_tokens} new "
+                       f"tokens, greedy, K={args.window}, drafter {args.drafter}\n\n{table}",
+                       title="bfloat16 divergence of greedy speculative decoding")
 
 
 if __name__ == "__main__":

@@ -13,44 +13,33 @@ as deployment sees them:
   * agreement: teacher-forced, the share of response positions where the drafter's first draft
     token (mapped to the target's vocabulary) is the target's full-vocabulary argmax;
   * greedy tau at K = 1..4 (chains) on the first --num_tau of those prompts.
-Writes WORKDIR/study.json (one row per source and budget: CPU minutes of the data (prompts and
-answers) and of training (the target's feature pass included), unique response tokens trained
-on, agreement, tau), study.md (the table) and study.png (agreement against
-CPU minutes).
+Writes WORKDIR/results.json (one row per source and budget, rewritten after each: CPU minutes of
+the data (prompts and answers) and of training (the target's feature pass included), unique
+response tokens trained on, agreement, tau), results.md (the table) and study.png (agreement
+against CPU minutes).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
+import common
+import configs
+from ppow_jax import run_files
+from ppow_jax.data import prompts
+from ppow_jax.data.selfdistill import token_counts
+from ppow_jax.models import registry
 
-from ppow_jax.data import prompts  # noqa: E402
-from ppow_jax.data.selfdistill import token_counts  # noqa: E402
-from ppow_jax.models import registry  # noqa: E402
-
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = ("magpie", "given", "regenerate", "mix")
-
-
-def _recipe():
-  spec = importlib.util.spec_from_file_location(
-      "smollm2_recipe", os.path.join(HERE, "configs", "targets", "smollm2_135m.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config("quick")
 
 
 def sft_config(source: str, args, workdir: str, steps: int):
   """README command 1's token-level settings on `source`'s data."""
-  c = _recipe().sft
+  c = configs.load("targets/smollm2_135m", "quick").sft
   c.workdir = workdir
   c.target.path = registry.fetch(registry.SMOLLM2_135M, progress=False)
   c.data.dir = os.path.join(args.workdir, f"data_{source}")
@@ -128,8 +117,8 @@ def agreement(target_cfg, target_params, drafter, records, seq_len: int) -> floa
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--workdir", default="runs/data_study")
+  ap = common.parser(__doc__, target=None, out=None)  # the target: SmolLM2-135M-Instruct
+  ap.add_argument("--workdir", default="runs/data_study", help="the runs and the results")
   ap.add_argument("--sources", default=",".join(SOURCES))
   ap.add_argument("--steps", default="120,480", help="step budgets, comma-separated")
   ap.add_argument("--num_conversations", type=int, default=2000)
@@ -146,7 +135,7 @@ def main(argv=None):
   os.makedirs(args.workdir, exist_ok=True)
   from ppow_jax.eagle3.checkpoint import load_eagle3
   from ppow_jax.modes import sft
-  from ppow_jax.training import drafter_run
+  from ppow_jax.training import data_feed, final_eval, startup
   windows = tuple(int(k) for k in args.windows.split(","))
   rows = []
   target = None
@@ -157,11 +146,11 @@ def main(argv=None):
       os.makedirs(workdir, exist_ok=True)
       config = sft_config(source, args, workdir, steps)
       if target is None:
-        target = drafter_run.load_target(config)
+        target = startup.load_target(config)
         held, held_texts = heldout_set(args, target.tokenizer, target.cfg, target.params())
       if data_cpu is None:  # the data (and its feature cache) once per source
         t = time.process_time()
-        train, _ = drafter_run.prepare_data(config, target, workdir)
+        train, _ = data_feed.prepare_data(config, target, workdir)
         data_cpu = time.process_time() - t
         unique_tokens = int(token_counts(train, target.cfg.vocab_size).sum())
       t = time.process_time()
@@ -170,28 +159,28 @@ def main(argv=None):
       drafter = load_eagle3(os.path.join(workdir, "export"), target.cfg)
       agree = agreement(target.cfg, target.params(), drafter, held, args.seq_len)
       ids = [r[1:1 + int(r[0])].tolist() for r in held[:args.num_tau]]
-      tau = drafter_run.measure_tau(target, drafter, ids, windows=windows,
-                                    max_new_tokens=args.max_new_tokens, batch_size=1)
+      tau = final_eval.measure_tau(target, drafter, ids, windows=windows,
+                                   max_new_tokens=args.max_new_tokens, batch_size=1)
       rows.append({"source": source, "steps": steps, "data_cpu_min": data_cpu / 60,
                    "train_cpu_min": train_cpu / 60, "unique_tokens": unique_tokens,
                    "agreement": agree, **tau})
       print(json.dumps(rows[-1]), flush=True)
-      with open(os.path.join(args.workdir, "study.json"), "w") as f:
-        json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+      run_files.write_json(os.path.join(args.workdir, common.RESULTS_JSON),
+                           {"args": vars(args), "rows": rows})
   write_report(args, rows, windows)
 
 
 def write_report(args, rows, windows):
-  head = ("| source | steps | CPU min (data + training) | unique tokens | agreement | "
-          + " | ".join(f"tau K={k}" for k in windows) + " |")
-  lines = [head, "|" + "---|" * (5 + len(windows))]
-  for r in rows:
-    lines.append(f"| {r['source']} | {r['steps']} | {r['data_cpu_min']:.1f} + "
-                 f"{r['train_cpu_min']:.1f} | {r['unique_tokens']} | {r['agreement']:.3f} | "
-                 + " | ".join(f"{r[f'tau_k{k}']:.2f}" for k in windows) + " |")
-  with open(os.path.join(args.workdir, "study.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  table = common.markdown_table(
+      ["source", "steps", "CPU min (data + training)", "unique tokens", "agreement",
+       *(f"tau K={k}" for k in windows)],
+      [[r["source"], r["steps"], f"{r['data_cpu_min']:.1f} + {r['train_cpu_min']:.1f}",
+        r["unique_tokens"], f"{r['agreement']:.3f}", *(f"{r[f'tau_k{k}']:.2f}" for k in windows)]
+       for r in rows])
+  print(table)
+  common.write_results(args.workdir, {"args": vars(args), "rows": rows},
+                       table + "\n\n![agreement against CPU minutes](study.png)",
+                       title="Training data per CPU minute")
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

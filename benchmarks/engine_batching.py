@@ -3,33 +3,27 @@
 
   python benchmarks/engine_batching.py --target ~/.cache/ppow_jax/models/SmolLM2-135M-Instruct \
     --prompts ppow_jax/assets/gsm8k/test.jsonl --num_prompts 32 --max_new_tokens 128 \
-    --temperature 0.7 --batch_sizes 1,16,32 --out runs/engine_batching.json
+    --temperature 0.7 --batch_sizes 1,16,32 --out runs/engine_batching
 
 The decode mode's path (`runner.decode`: static batches, warm-up excluded) at each batch size;
 with `--continuous`, also `decoding.continuous.generate` (rows refilled as they finish: what
 self-distillation uses). tokens/s counts generated tokens over wall time. The script only uses
-APIs that older checkouts have too, so it can be copied into one to measure "before".
+APIs that older checkouts have too, so it can be copied into one (with common.py) to measure
+"before". Writes OUT/results.json and OUT/results.md when --out is given.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from ppow_jax.data import prompts as prompt_files  # noqa: E402
-from ppow_jax.decoding import runner, sampling  # noqa: E402
-from ppow_jax.models import hf_checkpoint  # noqa: E402
+import common
+from ppow_jax.data import prompts as prompt_files
+from ppow_jax.decoding import runner, sampling
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--target", required=True)
+  ap = common.parser(__doc__, out="optional")
   ap.add_argument("--prompts", required=True)
   ap.add_argument("--num_prompts", type=int, default=32)
   ap.add_argument("--max_new_tokens", type=int, default=128)
@@ -38,13 +32,11 @@ def main():
   ap.add_argument("--batch_sizes", default="1,16,32")
   ap.add_argument("--continuous", action="store_true")
   ap.add_argument("--hf", action="store_true", help="also transformers generate() at batch 1")
-  ap.add_argument("--out", default="")
   args = ap.parse_args()
 
-  tok = hf_checkpoint.load_tokenizer(args.target)
+  model, tok = common.load_target(args.target)
   prompts = prompt_files.load_prompts(args.prompts, limit=args.num_prompts)
   ids = prompt_files.encode_prompts(tok, prompts, args.max_prompt_len)
-  model = hf_checkpoint.load_model(args.target)
   sp = sampling.SamplingParams(temperature=args.temperature)
   results = {}
   for bs in [int(x) for x in args.batch_sizes.split(",")]:
@@ -86,8 +78,12 @@ def main():
     for k, r in results.items():
       r["vs_batch_1"] = r["tokens_per_second"] / base
   if args.out:
-    with open(args.out, "w") as f:
-      json.dump({"args": vars(args), "results": results}, f, indent=2)
+    table = common.markdown_table(
+        ["decoding", "tokens/s", "tokens", "vs batch 1"],
+        [[k, f"{r['tokens_per_second']:.1f}", r["num_tokens"],
+          f"{r['vs_batch_1']:.2f}" if "vs_batch_1" in r else "-"] for k, r in results.items()])
+    common.write_results(args.out, {"args": vars(args), "results": results}, table,
+                         title="Autoregressive decoding throughput against batch size")
 
 
 if __name__ == "__main__":

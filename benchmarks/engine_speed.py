@@ -1,7 +1,7 @@
 """Speculative decoding engine speed vs the cost model tau*T(1) / (K*T_draft + T(K+1)).
 
-  /work/venv/bin/python benchmarks/engine_speed.py --window 4 --max_new_tokens 128 --repeats 5 \
-      --out /tmp/engine_speed.json
+  python benchmarks/engine_speed.py --window 4 --max_new_tokens 128 --repeats 5 \
+      --out runs/engine_speed
 
 A random-weight LLaMA-style target (default hidden 512, 8 layers, vocab 8192: 34M params, float32)
 decodes one prompt (batch 1, greedy, 128 prompt tokens) through `engine.generate`: autoregressively
@@ -15,17 +15,15 @@ ingest and K-1 one-token steps; the ratio against those calls is printed as well
 
 --clock cpu (default) times process CPU seconds with single-threaded XLA: stable when other jobs
 share the cores. --clock wall times wall seconds with XLA's default threading (a quiet machine).
+Prints a markdown table; with --out writes OUT/results.json and OUT/results.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 
 import flax.nnx as nnx
@@ -33,12 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ppow_jax.decoding import engine, sampling  # noqa: E402
-from ppow_jax.decoding.drafter import LMDrafter  # noqa: E402
-from ppow_jax.models.config import ModelConfig  # noqa: E402
-from ppow_jax.models.kv_cache import KVCache  # noqa: E402
-from ppow_jax.models.transformer import Transformer, forward, is_unstacked  # noqa: E402
+import common
+from ppow_jax.decoding import engine, sampling
+from ppow_jax.decoding.drafter import LMDrafter
+from ppow_jax.models.config import ModelConfig
+from ppow_jax.models.kv_cache import KVCache
+from ppow_jax.models.transformer import Transformer, forward, is_unstacked
 
 SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
@@ -109,7 +107,7 @@ def measure(thunks, repeats, clock, log=print):
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  ap = common.parser(__doc__, target=None, out="optional")
   ap.add_argument("--window", type=int, default=4, help="draft window K")
   ap.add_argument("--max_new_tokens", type=int, default=128)
   ap.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
@@ -121,7 +119,6 @@ def main():
   ap.add_argument("--draft_hidden", type=int, default=256)
   ap.add_argument("--draft_layers", type=int, default=1)
   ap.add_argument("--inner", type=int, default=48, help="chained steps per model-call timing")
-  ap.add_argument("--out", default=None, help="write the results as JSON here")
   args = ap.parse_args()
   if args.clock == "cpu":  # XLA reads XLA_FLAGS when the backend starts: before any jax op.
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
@@ -211,13 +208,11 @@ def main():
         f"(x{ar['step_over_t1']:.3f}); prefill {1e3 * ar['prefill_s']:.1f} ms excluded\n")
   head = ["drafter", "T(1) ms", f"T(K+1={k + 1}) ms", "T_draft ms", "gamma", "tau",
           "measured speedup", "predicted speedup", "ratio"]
-  print("| " + " | ".join(head) + " |")
-  print("|" + "---|" * len(head))
-  for r in rows:
-    vals = [r["drafter"], f"{r['t1_ms']:.2f}", f"{r['tk1_ms']:.2f}", f"{r['tdraft_ms']:.2f}",
-            f"{r['gamma']:.3f}", f"{r['tau']:.2f}", f"{r['measured_speedup']:.3f}",
-            f"{r['predicted_speedup']:.3f}", f"{r['ratio']:.3f}"]
-    print("| " + " | ".join(vals) + " |")
+  table = common.markdown_table(head, [
+      [r["drafter"], f"{r['t1_ms']:.2f}", f"{r['tk1_ms']:.2f}", f"{r['tdraft_ms']:.2f}",
+       f"{r['gamma']:.3f}", f"{r['tau']:.2f}", f"{r['measured_speedup']:.3f}",
+       f"{r['predicted_speedup']:.3f}", f"{r['ratio']:.3f}"] for r in rows])
+  print(table)
   print()
   for r, r_min in zip(rows, results["min"][0]):
     print(f"{r['drafter']}: {r['steps']} steps of {r['spec_step_ms']:.2f} ms; K*T_draft + T(K+1) = "
@@ -231,9 +226,8 @@ def main():
                backend=jax.devices()[0].platform, machine=platform.processor() or platform.machine(),
                ar=ar, rows=rows, min_over_rounds=dict(ar=results["min"][1], rows=results["min"][0]),
                rounds_s=raw)
-    with open(args.out, "w") as f:
-      json.dump(res, f, indent=2)
-    print(f"wrote {args.out}")
+    common.write_results(args.out, res, table,
+                         title="Speculative decoding engine speed against the cost model")
 
 
 if __name__ == "__main__":

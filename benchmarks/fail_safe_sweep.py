@@ -1,28 +1,27 @@
 """A newcomer's sweep of bad inputs through the real command line (issue 28): how many end clean.
 
-  .venv/bin/python benchmarks/fail_safe_sweep.py --out /tmp/fail_safe_sweep.json
+  .venv/bin/python benchmarks/fail_safe_sweep.py --out runs/fail_safe_sweep
 
 Each case runs `python -m ppow_jax.main` in a subprocess on stories260k (ppow_jax/assets) with one
 mistake a new user could make: a bad value, a bad or partial file, a bad path, a wrong model.
 Clean = exit status 2, exactly one line on stderr starting with `error: `, no traceback. Prints
-one row per case (status, clean or not, the line) and the count; --out writes them as JSON.
+one row per case (status, clean or not, the line) and the count; --out writes them to
+OUT/results.json and OUT/results.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import common
+from ppow_jax import assets
 
-from ppow_jax import assets  # noqa: E402
+ROOT = common.REPO
 
 S, G = assets.STORIES260K, assets.GSM8K
 
@@ -151,8 +150,7 @@ def run_case(args: list[str], env: dict, workdir: str) -> dict:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="", help="write the rows as JSON here")
+  parser = common.parser(__doc__, target=None, out="optional")
   parser.add_argument("--only", default="", help="run only cases whose name contains this")
   a = parser.parse_args()
   rows = []
@@ -166,8 +164,13 @@ def main():
             f"{row['line']}", flush=True)
   print(f"{sum(r['clean'] for r in rows)} of {len(rows)} clean")
   if a.out:
-    with open(a.out, "w") as f:
-      json.dump(rows, f, indent=2)
+    table = common.markdown_table(
+        ["case", "exit status", "clean", "last stderr line"],
+        [[r["case"], r["status"], "yes" if r["clean"] else "NO",
+          f"`{str(r['line']).replace('|', '/')}`"] for r in rows])
+    common.write_results(a.out, {"rows": rows},
+                         f"{sum(r['clean'] for r in rows)} of {len(rows)} clean\n\n{table}",
+                         title="Bad inputs through the command line")
 
 
 if __name__ == "__main__":

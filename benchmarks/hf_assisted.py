@@ -1,8 +1,8 @@
 """transformers' assisted generation (PyTorch, CPU) side by side with ppow_jax's engine.
 
-  /work/venv/bin/python benchmarks/hf_assisted.py --target ppow_jax/assets/stories260k \
+  python benchmarks/hf_assisted.py --target ppow_jax/assets/stories260k \
       --prompts ppow_jax/assets/gsm8k/test.jsonl --num_prompts 16 --max_new_tokens 64 \
-      --window 4 --out /tmp/hf_assisted.json
+      --window 4 --out runs/hf_assisted
 
 Both engines get the same target weights, the same LM drafter, the same prompt token ids (batch 1,
 greedy, window K) and stop at the target's EOS. The drafter is, unless --drafter names an HF LM
@@ -20,32 +20,28 @@ Figures per engine and mode: tokens/s (generated tokens over the wall time of th
 each prompt warmed up once untimed, so compilation is left out) and tokens per target call (a
 forward hook counts HF's target calls; ppow's are its verification steps plus one prefill per
 prompt). ppow's tau (tokens per verification step, prefill not counted) is given as well. JAX runs
-on the CPU too unless JAX_PLATFORMS is set otherwise. Prints a table and writes JSON to --out.
+on the CPU too unless JAX_PLATFORMS is set otherwise. Prints a table and writes OUT/results.json
+and OUT/results.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # The same device as PyTorch, unless asked otherwise.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import common  # noqa: E402
 import jax  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ppow_jax.data import prompts as prompt_files  # noqa: E402
 from ppow_jax.decoding import runner, sampling  # noqa: E402
 from ppow_jax.decoding.drafter_io import load_drafter  # noqa: E402
 from ppow_jax.evaluation import truncated_lm  # noqa: E402
-from ppow_jax.models import hf_checkpoint  # noqa: E402
 
 
 def ppow_decode(target, ids, drafter, dparams, args) -> dict:
@@ -89,8 +85,7 @@ def hf_decode(model, ids, assistant, args, eos_id) -> dict:
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--target", required=True, help="HF checkpoint directory of the target LM")
+  ap = common.parser(__doc__)
   ap.add_argument("--drafter", default="", help="HF LM directory; default: a truncated target")
   ap.add_argument("--drafter_layers", type=int, default=2)
   ap.add_argument("--prompts", required=True, help="prompt file (e.g. GSM8K test.jsonl)")
@@ -98,15 +93,13 @@ def main():
   ap.add_argument("--max_prompt_len", type=int, default=128)
   ap.add_argument("--max_new_tokens", type=int, default=64)
   ap.add_argument("--window", type=int, default=4)
-  ap.add_argument("--out", default="hf_assisted.json")
   args = ap.parse_args()
 
   prompts = prompt_files.load_prompts(args.prompts, limit=args.num_prompts)
-  tokenizer = hf_checkpoint.load_tokenizer(args.target)
+  target, tokenizer = common.load_target(args.target)
   ids = prompt_files.encode_prompts(tokenizer, prompts, args.max_prompt_len)
   with tempfile.TemporaryDirectory() as tmp:
     drafter_dir = args.drafter or truncated_lm(args.target, tmp, args.drafter_layers)
-    target = hf_checkpoint.load_model(args.target)
     eos_ids = target.cfg.eos_ids
     drafter, dparams = load_drafter(drafter_dir, target.cfg, target.params())
     print(f"ppow_jax on {jax.devices()[0].platform}: autoregressive, then assisted")
@@ -127,27 +120,30 @@ def main():
   ppow_ar = rows[("ppow_jax", "autoregressive")]["outputs"]
   print(f"\n{len(ids)} prompts, {args.max_new_tokens} new tokens max, greedy, K={args.window}, "
         f"drafter {args.drafter or f'target truncated to {args.drafter_layers} layers'}\n")
-  print(f"{'engine':<13} {'mode':<15} {'tokens/s':>9} {'speedup':>8} {'tok/call':>9} "
-        f"{'tau':>6} {'=ppow AR':>9}")
-  report = []
+  report, table = [], []
   for (engine, mode), r in rows.items():
     base = rows[(engine, "autoregressive")]["tokens_per_second"]
     same = sum(a == b for a, b in zip(r["outputs"], ppow_ar))
     tau = f"{r['tau']:.2f}" if r["tau"] is not None else "-"
-    print(f"{engine:<13} {mode:<15} {r['tokens_per_second']:>9.1f} "
-          f"{r['tokens_per_second'] / base:>7.2f}x {r['tokens_per_target_call']:>9.2f} "
-          f"{tau:>6} {same:>4}/{len(ids)}")
+    table.append([engine, mode, f"{r['tokens_per_second']:.1f}",
+                  f"{r['tokens_per_second'] / base:.2f}x", f"{r['tokens_per_target_call']:.2f}",
+                  tau, f"{same}/{len(ids)}"])
     report.append({"engine": engine, "mode": mode, "speedup": r["tokens_per_second"] / base,
                    "same_output_as_ppow_autoregressive": same,
                    **{k: v for k, v in r.items() if k != "outputs"}})
-  with open(args.out, "w") as f:
-    json.dump({"target": args.target, "drafter": args.drafter or
-               f"{args.target} truncated to {args.drafter_layers} layers",
-               "prompts": args.prompts, "num_prompts": len(ids), "prompt_lens": list(map(len, ids)),
-               "max_new_tokens": args.max_new_tokens, "window": args.window,
-               "jax_platform": jax.devices()[0].platform, "torch_threads": torch.get_num_threads(),
-               "machine": platform.platform(), "results": report}, f, indent=2)
-  print(f"-> {args.out}")
+  table = common.markdown_table(["engine", "mode", "tokens/s", "speedup", "tokens/target call",
+                                 "tau", "= ppow_jax autoregressive"], table)
+  print(table)
+  common.write_results(
+      args.out, {"target": args.target, "drafter": args.drafter or
+                 f"{args.target} truncated to {args.drafter_layers} layers",
+                 "prompts": args.prompts, "num_prompts": len(ids),
+                 "prompt_lens": list(map(len, ids)), "max_new_tokens": args.max_new_tokens,
+                 "window": args.window, "jax_platform": jax.devices()[0].platform,
+                 "torch_threads": torch.get_num_threads(), "machine": platform.platform(),
+                 "results": report},
+      f"{len(ids)} prompts from {args.prompts}, greedy, K={args.window}\n\n{table}",
+      title="transformers' assisted generation beside ppow_jax's engine")
 
 
 if __name__ == "__main__":

@@ -19,21 +19,14 @@ jax[cuda12] / jax[tpu]); transformers then uses the GPU only if torch has one.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import numpy as np  # noqa: E402
-
-from ppow_jax.data import prompts as prompt_files  # noqa: E402
-from ppow_jax.decoding import runner  # noqa: E402
-from ppow_jax.decoding.drafter_io import load_drafter  # noqa: E402
-from ppow_jax.models import hf_checkpoint, transformer  # noqa: E402
+import common
+from ppow_jax.data import prompts as prompt_files
+from ppow_jax.decoding import runner
+from ppow_jax.decoding.drafter_io import load_drafter
+from ppow_jax.models import transformer
 
 
 def ppow_decode(cfg, params, ids, args, drafter=None, dparams=None, window=0):
@@ -111,8 +104,7 @@ def plot(results: dict, path: str):
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--target", required=True)
+  ap = common.parser(__doc__)
   ap.add_argument("--gguf", default="", help="the original GGUF, for llama.cpp ('' = skip)")
   ap.add_argument("--drafters", default="", help="name=path,name=path (EAGLE-3 exports)")
   ap.add_argument("--benchmarks", required=True)
@@ -123,7 +115,6 @@ def main():
   ap.add_argument("--lookup", type=int, default=10, help="prompt_lookup_num_tokens")
   ap.add_argument("--torch_threads", type=int, default=0)
   ap.add_argument("--skip", default="", help="comma-separated: hf, lookup, llama_cpp")
-  ap.add_argument("--out", required=True)
   args = ap.parse_args()
   skip = set(filter(None, args.skip.split(",")))
   os.makedirs(args.out, exist_ok=True)
@@ -131,9 +122,8 @@ def main():
   prompts = []
   for path in args.benchmarks.split(","):
     prompts += prompt_files.load_prompts(path, limit_per_category=args.per_category)
-  tok = hf_checkpoint.load_tokenizer(args.target)
+  model, tok = common.load_target(args.target)
   ids = prompt_files.encode_prompts(tok, prompts, args.max_prompt_len)
-  model = hf_checkpoint.load_model(args.target)
   params = transformer.unstack(model.params())
   eos = model.cfg.eos_ids[0] if model.cfg.eos_ids else None
   print(f"{len(ids)} prompts ({len({p.category for p in prompts})} categories), "
@@ -163,25 +153,22 @@ def main():
       results["llama.cpp (Q4_1 GGUF)"] = r
 
   base = results["ppow_jax autoregressive"]["tokens_per_second"]
-  lines = ["| method | tokens/s | vs ppow_jax autoregressive | tau | identical |",
-           "| --- | --- | --- | --- | --- |"]
+  rows = []
   for name, r in results.items():
     r["speedup"] = r["tokens_per_second"] / base
     same = r.get("identical_to_autoregressive", r.get("identical_to_ppow_jax"))
-    lines.append(f"| {name} | {r['tokens_per_second']:.1f} | {r['speedup']:.2f}x | "
-                 f"{r['tau']:.2f} | {'' if same is None else f'{same:.0%}'} |"
-                 if "tau" in r else
-                 f"| {name} | {r['tokens_per_second']:.1f} | {r['speedup']:.2f}x | | "
-                 f"{'' if same is None else f'{same:.0%}'} |")
-  table = "\n".join(lines)
+    rows.append([name, f"{r['tokens_per_second']:.1f}", f"{r['speedup']:.2f}x",
+                 f"{r['tau']:.2f}" if "tau" in r else "", "" if same is None else f"{same:.0%}"])
+  table = common.markdown_table(
+      ["method", "tokens/s", "vs ppow_jax autoregressive", "tau", "identical"], rows)
   print(table)
-  with open(os.path.join(args.out, "results.md"), "w") as f:
-    f.write(f"{len(ids)} prompts from {args.benchmarks} ({args.per_category} per category), "
-            f"{args.max_new_tokens} new tokens, batch 1, greedy\n\n{table}\n")
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump({"args": vars(args), "num_prompts": len(ids), "results": results}, f, indent=2)
+  common.write_results(
+      args.out, {"args": vars(args), "num_prompts": len(ids), "results": results},
+      f"{len(ids)} prompts from {args.benchmarks} ({args.per_category} per category), "
+      f"{args.max_new_tokens} new tokens, batch 1, greedy\n\n{table}\n\n![speed](speed.png)",
+      title="Decoding speed on a real target")
   plot(results, os.path.join(args.out, "speed.png"))
-  print(f"-> {args.out}/results.md, results.json, speed.png")
+  print(f"-> {os.path.join(args.out, 'speed.png')}")
 
 
 if __name__ == "__main__":

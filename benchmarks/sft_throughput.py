@@ -2,37 +2,33 @@
 features, float32 vs bfloat16 drafter compute, in one run.
 
   python benchmarks/sft_throughput.py --target ~/.cache/ppow_jax/models/SmolLM2-135M-Instruct \
-    --batch 8 --seq_len 512 --draft_vocab 16384 --steps 3 --out runs/sft_throughput.json
+    --batch 8 --seq_len 512 --draft_vocab 16384 --steps 3 --out runs/sft_throughput
 
-Each variant runs the real jitted step of `ppow_jax.modes.sft` (7 TTT steps, AdamW) on random
-token batches; timings leave the first (compiling) step out. Reported per variant: tokens/s
+Each variant runs the real jitted step of `ppow_jax.eagle3.train_step` (7 TTT steps, AdamW) on
+random token batches; timings leave the first (compiling) step out. Reported per variant: tokens/s
 (wall), CPU seconds per 1,000 training tokens (user + system, both cores), and for the cached
 mode the one-off cost of building the feature cache per 1,000 tokens (a target forward in
 float32 over the sequences, written as bfloat16). Variants are timed one after the other, so
-their ratios hold even on a machine other jobs share.
+their ratios hold even on a machine other jobs share. With --out, writes OUT/results.json and
+OUT/results.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import resource
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
-import flax.nnx as nnx  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ppow_jax.eagle3 import model as e3  # noqa: E402
-from ppow_jax.models import hf_checkpoint, transformer  # noqa: E402
-from ppow_jax.modes import sft  # noqa: E402
-from ppow_jax.training import drafter_run  # noqa: E402
+import common
+from ppow_jax.eagle3 import model as e3
+from ppow_jax.eagle3.train_step import make_train_step
+from ppow_jax.models import transformer
+from ppow_jax.training import drafter_init
 
 
 def cpu_seconds():
@@ -61,23 +57,21 @@ def legacy_step(tcfg, dcfg, optimizer, steps, decay):
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--target", required=True)
+  ap = common.parser(__doc__, out="optional")
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--seq_len", type=int, default=512)
   ap.add_argument("--draft_vocab", type=int, default=16384)
   ap.add_argument("--steps", type=int, default=3, help="timed steps per variant")
   ap.add_argument("--variants", default="legacy,online-f32,online-bf16,cached-bf16")
-  ap.add_argument("--out", default="")
   args = ap.parse_args()
 
-  target = hf_checkpoint.load_model(args.target)
+  target, _ = common.load_target(args.target, tokenizer=False)
   tp = target.params()
   dcfg = e3.Eagle3Config.from_target(target.cfg, draft_vocab_size=args.draft_vocab)
   drafter = e3.Eagle3Drafter(dcfg, rngs=nnx.Rngs(0))
   optim = ml_collections.ConfigDict(dict(learning_rate=1e-4, warmup_steps=1, final_lr_fraction=1.0,
                                          b1=0.9, b2=0.95, weight_decay=0.0, grad_clip=1.0))
-  opt = drafter_run.make_optimizer(optim, 1000)
+  opt = drafter_init.make_optimizer(optim, 1000)
   rng = np.random.default_rng(0)
   b, t = args.batch, args.seq_len
   batch = {"tokens": rng.integers(0, target.cfg.vocab_size, (b, t)).astype(np.int32),
@@ -102,8 +96,8 @@ def main():
     if name == "legacy":
       fn = legacy_step(target.cfg, dcfg, opt, 7, 0.8)
     else:
-      fn = sft.make_train_step(target.cfg, dcfg, opt, steps=7, decay=0.8,
-                               compute_dtype={"f32": "float32", "bf16": "bfloat16"}[dtype])
+      fn = make_train_step(target.cfg, dcfg, opt, steps=7, decay=0.8,
+                           compute_dtype={"f32": "float32", "bf16": "bfloat16"}[dtype])
     step = jax.jit(fn, donate_argnums=(0,))
     params = jax.tree.map(jnp.copy, drafter.params())  # each variant donates its own copy
     state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
@@ -132,11 +126,17 @@ def main():
     for name, r in results.items():
       print(f"  {name}: {r['tokens_per_second'] / base['tokens_per_second']:.2f}x legacy")
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump({"args": vars(args), "results": results,
-                 "feature_cache": {"cpu_s_per_1k_tokens": cache_cpu,
-                                   "wall_s_per_1k_tokens": cache_wall}}, f, indent=2)
+    table = common.markdown_table(
+        ["variant", "tokens/s", "CPU s / 1k tokens", "step s", "first step s"],
+        [[name, f"{r['tokens_per_second']:.1f}", f"{r['cpu_s_per_1k_tokens']:.2f}",
+          f"{r['step_seconds']:.1f}", f"{r['first_step_seconds']:.0f}"]
+         for name, r in results.items()])
+    common.write_results(
+        args.out, {"args": vars(args), "results": results,
+                   "feature_cache": {"cpu_s_per_1k_tokens": cache_cpu,
+                                     "wall_s_per_1k_tokens": cache_wall}},
+        f"{table}\n\nfeature cache build: {cache_cpu:.2f} CPU s / 1k tokens",
+        title="Token-level training throughput")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ tokens, the autoregressive step, and whole speculative steps at each K, in one r
 its memory roofline.
 
   python benchmarks/spec_step_cost.py --target ~/.cache/ppow_jax/models/SmolLM2-135M-Instruct \
-    --drafter runs/default/sft --windows 1,2,3,4 --compare_xla --out runs/spec_step_cost.json
+    --drafter runs/default/sft --windows 1,2,3,4 --compare_xla --out runs/spec_step_cost
 
 Forwards are `engine_speed.step_loop`s (chained inside one jitted fori_loop, decode-layout
 weights, a cache filled to `--context` slots); autoregressive and speculative decoding run the
@@ -18,29 +18,26 @@ Roofline: a forward reads every weight once (the embedding only at its rows) and
 cache (attention spans all slots, masked); bytes read / time is the bandwidth it implies, to set
 against the host's memory bandwidth. --compare_xla times the forwards a second time with XLA's
 own dots for 2..8 rows (PPOW_JAX_CPU_MATVEC=0: what the engine ran before cpu_kernels), in the
-same rounds; PPOW_JAX_CPU_MATVEC=0 in the environment runs everything that way.
+same rounds; PPOW_JAX_CPU_MATVEC=0 in the environment runs everything that way. With --out,
+writes OUT/results.json and OUT/results.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks.engine_speed import SINGLE_THREAD, measure, step_loop  # noqa: E402
-from ppow_jax.decoding import engine  # noqa: E402
-from ppow_jax.decoding.drafter_io import load_drafter  # noqa: E402
-from ppow_jax.models import cpu_kernels, hf_checkpoint, transformer  # noqa: E402
-from ppow_jax.models.kv_cache import KVCache  # noqa: E402
+import common
+from engine_speed import SINGLE_THREAD, measure, step_loop
+from ppow_jax.decoding import engine
+from ppow_jax.decoding.drafter_io import load_drafter
+from ppow_jax.models import cpu_kernels, transformer
+from ppow_jax.models.kv_cache import KVCache
 
 _SWITCH = "PPOW_JAX_CPU_MATVEC"
 _ISA = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")
@@ -78,8 +75,7 @@ def _compiled(thunk):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--target", required=True, help="Hugging Face checkpoint directory")
+  ap = common.parser(__doc__, out="optional")
   ap.add_argument("--drafter", default="", help="drafter directory (EAGLE-3 export or run dir)")
   ap.add_argument("--windows", default="1,2,3,4")
   ap.add_argument("--context", type=int, default=200)
@@ -91,14 +87,13 @@ def main(argv=None):
                        "one thread (stable when other jobs share the cores)")
   ap.add_argument("--compare_xla", action="store_true",
                   help="also time the forwards with XLA's dots for 2..8 rows, interleaved")
-  ap.add_argument("--out", default="")
   a = ap.parse_args(argv)
   if a.clock == "cpu":  # XLA reads XLA_FLAGS when the backend starts: before any jax op.
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
   windows = [int(k) for k in a.windows.split(",") if k.strip()]
   cpu = cpu_model()
 
-  model = hf_checkpoint.load_model(a.target)
+  model, _ = common.load_target(a.target, tokenizer=False)
   cfg, params = model.cfg, transformer.unstack(model.params())
   kernel = cpu_kernels.enabled()
   print(f"{cpu['model']} ({cpu['cores']} cores; {' '.join(cpu['isa'])}), "
@@ -163,10 +158,15 @@ def main(argv=None):
     print(f"K={k}: {r['step_ms']:.2f} ms a step = {r['step_over_ar']:.2f} autoregressive steps")
   if a.out:
     res["rounds_s"] = rounds
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-      json.dump(res, f, indent=1)
-    print(f"-> {a.out}")
+    rows = [[n, f"{r['ms']:.2f}", f"{r['over_forward_1']:.3f}", f"{r['gb_per_s']:.1f}"]
+            for n, r in res["forwards"].items()]
+    rows.append(["autoregressive step", f"{ar * 1e3:.2f}", "", f"{ar_gb:.1f}"])
+    rows += [[f"speculative step K={k}", f"{r['step_ms']:.2f}",
+              f"{r['step_over_ar']:.2f} autoregressive steps", ""]
+             for k, r in res["speculative"].items()]
+    common.write_results(a.out, res, common.markdown_table(
+        ["call", "ms", "over 1-token forward", "GB/s"], rows),
+        title="Where a speculative step's time goes")
 
 
 if __name__ == "__main__":

@@ -10,23 +10,17 @@ SFT run's eval.json), or --prompts FILE. Rows: autoregressive decoding, a chain 
 tokens, and each tree "depth,topk" of --trees with each --num_nodes that it allows (num_nodes <=
 1 + topk + (depth-1)*topk^2). tau = tokens per target verification step (bonus included);
 tokens/s is wall-clock through runner.decode (compilation excluded); speedup is against the
-autoregressive row. Writes OUT/results.json and OUT/table.md and prints the table.
+autoregressive row. Writes OUT/results.json and OUT/results.md and prints the table.
 """
 
-import argparse
 import collections
-import json
 import os
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from ppow_jax.data import prompts as prompt_files  # noqa: E402
-from ppow_jax.data import selfdistill  # noqa: E402
-from ppow_jax.decoding import runner, sampling, tree  # noqa: E402
-from ppow_jax.decoding.drafter_io import load_drafter  # noqa: E402
-from ppow_jax.models import hf_checkpoint  # noqa: E402
+import common
+from ppow_jax.data import prompts as prompt_files
+from ppow_jax.data import selfdistill
+from ppow_jax.decoding import runner, sampling, tree
+from ppow_jax.decoding.drafter_io import load_drafter
 
 
 def load_prompt_ids(args, tokenizer):
@@ -34,13 +28,13 @@ def load_prompt_ids(args, tokenizer):
     ps = prompt_files.load_prompts(args.prompts, limit=args.num_prompts or None)
     return prompt_files.encode_prompts(tokenizer, ps, args.max_prompt_len)
   recs = selfdistill.read_records(os.path.join(args.data_dir, "selfdistill-heldout.array_record"))
-  # As drafter_run.eval_prompts: the first prompt_len tokens after the record's length field.
+  # As training.final_eval.eval_prompts: the first prompt_len tokens after the record's length
+  # field.
   return [r[1:1 + max(int(r[0]), args.prompt_len)].tolist() for r in recs[:args.num_prompts]]
 
 
 def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--target", required=True)
+  ap = common.parser(__doc__)
   ap.add_argument("--drafter", required=True)
   ap.add_argument("--data_dir", default="", help="held-out self-distillation records")
   ap.add_argument("--prompts", default="", help="a prompt file instead of --data_dir")
@@ -54,15 +48,14 @@ def main():
   ap.add_argument("--trees", default="6,4", help='"depth,topk;depth,topk"')
   ap.add_argument("--num_nodes", default="8,16,24,32,48,60")
   ap.add_argument("--seed", type=int, default=0)
-  ap.add_argument("--out", required=True)
   args = ap.parse_args()
   if not (args.data_dir or args.prompts):
     ap.error("give --data_dir or --prompts")
 
-  target = hf_checkpoint.load_model(args.target)
+  target, tokenizer = common.load_target(args.target)
   tparams = target.params()
   drafter, dparams = load_drafter(args.drafter, target.cfg, tparams)
-  ids = load_prompt_ids(args, hf_checkpoint.load_tokenizer(args.target))
+  ids = load_prompt_ids(args, tokenizer)
   sp = sampling.SamplingParams(temperature=args.temperature)
   specs = []
   for pair in args.trees.split(";"):
@@ -97,20 +90,14 @@ def main():
     outputs = r.pop("outputs")
     r["equals_autoregressive"] = outputs == reference if sp.greedy else None
 
-  lines = ["| decoding | depth, topk, num_nodes | tau | tau / chain | tokens/s | speedup |",
-           "|---|---|---:|---:|---:|---:|"]
-  for r in rows:
-    setting = r["tree"] or (f"K={r['window']}" if r["window"] else "-")
-    lines.append(f"| {r['label'].split(' ')[0]} | {setting} "
-                 f"| {r['tau']:.2f} | {r['tau_vs_chain']:.2f}× | {r['tokens_per_second']:.0f} "
-                 f"| {r['speedup']:.2f}× |")
-  table = "\n".join(lines)
+  table = common.markdown_table(
+      ["decoding", "depth, topk, num_nodes", "tau", "tau / chain", "tokens/s", "speedup"],
+      [[r["label"].split(" ")[0], r["tree"] or (f"K={r['window']}" if r["window"] else "-"),
+        f"{r['tau']:.2f}", f"{r['tau_vs_chain']:.2f}×", f"{r['tokens_per_second']:.0f}",
+        f"{r['speedup']:.2f}×"] for r in rows])
   print(table)
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "results.json"), "w") as f:
-    json.dump({"args": vars(args), "num_prompts": len(ids), "rows": rows}, f, indent=1)
-  with open(os.path.join(args.out, "table.md"), "w") as f:
-    f.write(table + "\n")
+  common.write_results(args.out, {"args": vars(args), "num_prompts": len(ids), "rows": rows},
+                       table, title="Dynamic draft trees against chain drafting")
   if sp.greedy and not all(r["equals_autoregressive"] for r in rows):
     raise SystemExit("a greedy speculative output differs from the autoregressive one")
 

@@ -1,6 +1,6 @@
 """How much of the target's greedy choice each draft vocabulary holds (its acceptance ceiling).
 
-  python benchmarks/vocab_coverage.py --out runs/vocab_coverage.json
+  python benchmarks/vocab_coverage.py --out runs/vocab_coverage
 
 A draft token is accepted only if it is the target's choice, and a drafter can only propose
 tokens of its draft vocabulary: the share of the target's argmaxes inside the vocabulary caps
@@ -14,24 +14,20 @@ and measures coverage on two held-out sets: the target's argmax teacher-forced o
 ShareGPT answers, and the target's own greedy answers to held-out ShareGPT prompts (there each
 answer token is the argmax, so coverage is the share of answer tokens in the vocabulary). It
 also prints each size's draft-head cost (multiply-adds per drafted token, computed, not timed).
+With --out, writes OUT/results.json and OUT/results.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from ppow_jax.data import conversations, prompts  # noqa: E402
-from ppow_jax.data.selfdistill import token_counts  # noqa: E402
-from ppow_jax.eagle3 import vocab  # noqa: E402
-from ppow_jax.models import hf_checkpoint, registry  # noqa: E402
+import common
+from ppow_jax.data import conversations, prompts
+from ppow_jax.data.selfdistill import token_counts
+from ppow_jax.eagle3 import vocab
+from ppow_jax.models import registry
 
 SIZES = (4096, 8192, 16384, 32768)
 
@@ -48,7 +44,7 @@ class _Seqs(list):
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap = common.parser(__doc__, target=None, out="optional")  # the target: SmolLM2-135M-Instruct
   ap.add_argument("--num_train", type=int, default=2000, help="conversations for frequency")
   ap.add_argument("--num_select", type=int, default=96,
                   help="training conversations the target's argmaxes are counted on")
@@ -58,12 +54,10 @@ def main(argv=None):
                   help="held-out prompts the target answers greedily")
   ap.add_argument("--max_new_tokens", type=int, default=96)
   ap.add_argument("--seq_len", type=int, default=320)
-  ap.add_argument("--out", default="")
   args = ap.parse_args(argv)
   t0 = time.time()
   path = registry.fetch(registry.SMOLLM2_135M, progress=False)
-  model = hf_checkpoint.load_model(path)
-  tok = hf_checkpoint.load_tokenizer(path)
+  model, tok = common.load_target(path)
   cfg, params = model.cfg, model.params()
   convs, _ = prompts.load_conversations(registry.fetch_data(registry.SHAREGPT))
   held_n = args.num_heldout + args.num_greedy
@@ -109,18 +103,18 @@ def main(argv=None):
   result["draft_head_macs"] = {k: h * k for k in sizes}
   print(f"\ncoverage of the target's argmax (SmolLM2-135M-Instruct, seq_len {args.seq_len}; "
         f"{time.time() - t0:.0f} s)")
-  print("size   head MACs  | frequency: teacher-forced greedy | target_argmax: teacher-forced "
-        "greedy")
-  for k in sizes:
-    f, a = result["coverage"]["frequency"], result["coverage"]["target_argmax"]
-    print(f"{k:>5}  {h * k / 1e6:6.2f} M  | {f['heldout_teacher_forced'][k]:.3f}  "
-          f"{f['heldout_greedy'][k]:.3f}            | {a['heldout_teacher_forced'][k]:.3f}  "
-          f"{a['heldout_greedy'][k]:.3f}")
+  f, a = result["coverage"]["frequency"], result["coverage"]["target_argmax"]
+  table = common.markdown_table(
+      ["size", "head MACs", "frequency: teacher-forced", "frequency: greedy",
+       "target_argmax: teacher-forced", "target_argmax: greedy"],
+      [[k, f"{h * k / 1e6:.2f} M", f"{f['heldout_teacher_forced'][k]:.3f}",
+        f"{f['heldout_greedy'][k]:.3f}", f"{a['heldout_teacher_forced'][k]:.3f}",
+        f"{a['heldout_greedy'][k]:.3f}"] for k in sizes])
+  print(table)
   result["seconds"] = round(time.time() - t0, 1)
   if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      json.dump(result, f, indent=2)
+    common.write_results(args.out, result, table,
+                         title="Draft vocabulary coverage of the target's greedy choice")
 
 
 if __name__ == "__main__":

@@ -23,22 +23,11 @@ Sub-stage settings are the full configs of configs/{sft,ppow,eval}.py, overridab
 """
 
 import dataclasses
-import importlib.util
-import os
 
 import ml_collections
 
+import configs
 from ppow_jax.toy_target import target_lm
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _load(name, *args):
-  spec = importlib.util.spec_from_file_location(f"ppow_configs_{name.replace('/', '_')}",
-                                                os.path.join(HERE, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
 
 
 def get_config(variant: str = ""):
@@ -46,7 +35,7 @@ def get_config(variant: str = ""):
     return toy_config()
   if variant:
     raise ValueError(f"configs/default.py:{variant}: unknown variant (expected none or 'toy')")
-  c = _load("targets/smollm2_135m", "quick")
+  c = configs.load("targets/smollm2_135m", "quick")
   c.workdir = "runs/default"
   return c
 
@@ -63,7 +52,7 @@ def toy_config():
   # Prompts cut from the target's training text (self-distillation) and held-out files (eval).
   c.prompts = ml_collections.ConfigDict(dict(num_train=512, num_eval=24, prompt_chars=160))
 
-  sft = _load("sft")
+  sft = configs.load("sft")
   sft.data.update(dict(num_samples=512, num_heldout=16, max_new_tokens=96, seq_len=160,
                        temperature=0.7, max_prompt_len=64))
   sft.train.update(dict(num_steps=300, batch_size=16, checkpoint_every=50))
@@ -71,14 +60,14 @@ def toy_config():
   sft.eval.update(dict(num_prompts=16, windows=(6,), max_new_tokens=64))
   c.sft = sft
 
-  ppow = _load("ppow")
+  ppow = configs.load("ppow")
   ppow.data = sft.data.copy_and_resolve_references()
   ppow.train.update(dict(num_steps=80, batch_size=8, checkpoint_every=20))
   ppow.ppow.update(dict(window=6, windowing_start=10))
   ppow.eval = sft.eval.copy_and_resolve_references()
   c.ppow = ppow
 
-  ev = _load("eval")
+  ev = configs.load("eval")
   ev.eval.update(dict(temperatures="0,1", window=6, windows="2,4,6", max_new_tokens=64,
                       batch_size=4, progress=True))
   # Evaluated on held-out stdlib source (the pipeline's own prompts): the toy writes only code.

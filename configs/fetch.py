@@ -9,17 +9,12 @@ Rerunning does nothing (and needs no network) once the directory exists.
 """
 
 import os
-import importlib.util
 
-import ml_collections
+import configs
 
 
 def get_config():
-  spec = importlib.util.spec_from_file_location(
-      "ppow_configs_convert", os.path.join(os.path.dirname(os.path.abspath(__file__)), "convert.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = configs.load("convert")
   c.source = "smollm2-135m-instruct"
   c.workdir = os.path.join("runs", "fetch")
   return c

@@ -116,6 +116,19 @@ def run_main(main_fn):
   return wrapped
 
 
+def make_config_package_importable(path: str):
+  """Puts the folder above the config file's package (configs/, with its __init__.py) first on
+  sys.path, so a config's `import configs` works wherever the command runs from."""
+  top = os.path.dirname(os.path.abspath(path))
+  if not os.path.isfile(os.path.join(top, "__init__.py")):
+    return
+  while os.path.isfile(os.path.join(os.path.dirname(top), "__init__.py")):
+    top = os.path.dirname(top)
+  root = os.path.dirname(top)
+  if root not in sys.path:
+    sys.path.insert(0, root)
+
+
 def parse_flags(argv):
   """absl `flags_parser`: parses argv, turning command-line mistakes into one-line errors."""
   debug = debug_requested(argv)
@@ -124,6 +137,8 @@ def parse_flags(argv):
     path = spec.split(":", 1)[0]
     if not os.path.isfile(path):
       fail(f"--config={spec}: no such config file")
+  if spec:
+    make_config_package_importable(spec.split(":", 1)[0])
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -161,6 +176,7 @@ def _config_spec(argv) -> str | None:
 def _load_config(spec: str):
   """The ConfigDict a config file's get_config() returns (as ml_collections calls it)."""
   path, _, arg = spec.partition(":")
+  make_config_package_importable(path)
   module_spec = importlib.util.spec_from_file_location("ppow_cli_config", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

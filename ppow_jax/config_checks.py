@@ -366,10 +366,10 @@ def _ppow(f: Fields, in_pipeline: bool = False):
 
 
 def _eval(f: Fields, in_pipeline: bool = False):
-  from ppow_jax.modes import eval as eval_mode
+  from ppow_jax.evaluation import parsing
   if not in_pipeline:
     _target(f)
-    for name, path in eval_mode.parse_drafters(f.config.get("drafters")).items():
+    for name, path in parsing.parse_drafters(f.config.get("drafters")).items():
       if not os.path.isdir(path):
         raise ConfigValueError(f"config.drafters: drafter {name!r}: no such directory {path!r}")
   d = f.section("data")
@@ -377,11 +377,11 @@ def _eval(f: Fields, in_pipeline: bool = False):
   d.int("limit_per_category", 0)
   _prompt_data(d)
   e = f.section("eval")
-  eval_mode.parse_numbers(f"{e.prefix}.temperatures", e.config.get("temperatures"), float, 0.0)
-  eval_mode.parse_numbers(f"{e.prefix}.windows", e.config.get("windows"), int, 1)
+  parsing.parse_numbers(f"{e.prefix}.temperatures", e.config.get("temperatures"), float, 0.0)
+  parsing.parse_numbers(f"{e.prefix}.windows", e.config.get("windows"), int, 1)
   e.int("window", 1, also=(0,))  # 0: every drafter decodes as eval.tree only
-  tree, _ = eval_mode.parse_trees(f"{e.prefix}.tree", e.config.get("tree", ""),
-                                  f"{e.prefix}.tree_num_nodes", e.config.get("tree_num_nodes", ""))
+  tree, _ = parsing.parse_trees(f"{e.prefix}.tree", e.config.get("tree", ""),
+                                f"{e.prefix}.tree_num_nodes", e.config.get("tree_num_nodes", ""))
   if e.config.get("window") == 0 and tree is None:
     e.fail("window", "is 0 (every drafter decodes as a tree) but eval.tree is empty: give "
            "'depth,topk,num_nodes' or a window >= 1")
@@ -427,11 +427,11 @@ def _pipeline(f: Fields):
   if not isinstance(seeds, (tuple, list)) or not all(isinstance(x, int) for x in seeds):
     raise ConfigValueError(f"config.ppow_seeds={seeds!r}: must be a tuple of integer seeds")
   if "window_choice" in f.config:
-    from ppow_jax.modes import eval as eval_mode
+    from ppow_jax.evaluation import parsing
     w = f.section("window_choice")
-    eval_mode.parse_numbers(f"{w.prefix}.candidates", w.config.get("candidates"), int, 1)
-    eval_mode.parse_trees(f"{w.prefix}.tree", w.config.get("tree", ""),
-                          f"{w.prefix}.tree_num_nodes", w.config.get("tree_num_nodes", ""))
+    parsing.parse_numbers(f"{w.prefix}.candidates", w.config.get("candidates"), int, 1)
+    parsing.parse_trees(f"{w.prefix}.tree", w.config.get("tree", ""),
+                        f"{w.prefix}.tree_num_nodes", w.config.get("tree_num_nodes", ""))
     w.int("num_prompts", 1)
     w.int("max_new_tokens", 1)
   if "control" in f.config:

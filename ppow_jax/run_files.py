@@ -1,28 +1,36 @@
-"""Writing run outputs: atomic JSON files, JSON-lines records, the resumable log of finished
-batches, and the run's config."""
+"""Writing run outputs: the one atomic writer (every JSON, JSON-lines and safetensors file goes
+through it), the resumable log of finished batches, and the run's config."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 
 
-def write_json(path: str, obj, indent: int = 2):
-  """Writes JSON atomically (temp file + rename): a crash never leaves a truncated file."""
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w"):
+  """A file to write, opened under a temporary name and renamed onto `path` once closed: a crash
+  never leaves a truncated file, and a reader sees the old file or the whole new one."""
   tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
+  with open(tmp, mode) as f:
+    yield f
+  os.replace(tmp, path)
+
+
+def write_json(path: str, obj, indent: int = 2):
+  """Writes JSON atomically (`atomic_open`)."""
+  with atomic_open(path) as f:
     json.dump(obj, f, indent=indent)
     f.write("\n")
-  os.replace(tmp, path)
 
 
 def write_jsonl(path: str, records):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
+  """Writes one JSON record per line, atomically (`atomic_open`)."""
+  with atomic_open(path) as f:
     for r in records:
       f.write(json.dumps(r) + "\n")
-  os.replace(tmp, path)
 
 
 def record_config(workdir: str, config):

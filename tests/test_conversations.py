@@ -359,15 +359,10 @@ def test_sft_trains_on_conversations_with_mixed_answers(chat_stories, tmp_path, 
   """configs/sft.py on a conversation file: a quarter regenerated, the rest as given; the
   training batches' loss sits on the assistant turns, the draft vocabulary is chosen from the
   target's argmaxes, and a run finishes with its export."""
-  import importlib.util
-  import pathlib
+  import configs
   from ppow_jax.modes import sft
   from ppow_jax import config_checks
-  spec = importlib.util.spec_from_file_location(
-      "sft_config", pathlib.Path(__file__).resolve().parents[1] / "configs" / "sft.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = configs.load("sft")
   c.target.path = chat_stories
   c.data.update(dir=str(tmp_path / "data"), conversations=_chat_file(tmp_path), answers="mix",
                 mix_ratio=0.25, num_samples=24, num_heldout=4, max_new_tokens=12, seq_len=64,
@@ -395,15 +390,10 @@ def test_sft_trains_on_conversations_with_mixed_answers(chat_stories, tmp_path, 
 
 
 def test_config_checks_for_conversations(tmp_path):
-  import importlib.util
-  import pathlib
+  import configs
   from ppow_jax import config_checks
   from ppow_jax.user_errors import ConfigValueError
-  spec = importlib.util.spec_from_file_location(
-      "sft_config", pathlib.Path(__file__).resolve().parents[1] / "configs" / "sft.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  base = mod.get_config()
+  base = configs.load("sft")
   base.target.path = str(tmp_path)
   (tmp_path / "config.json").write_text("{}")
   cases = [

@@ -2,7 +2,6 @@
 every large parameter and fits its chips' HBM, and a reduced config compiles on 8 devices with
 memory_analysis() numbers that match the shardings."""
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh
 
+import configs
 from ppow_jax.modes import dryrun
 from ppow_jax.parallel import sharding
 from ppow_jax.user_errors import ConfigValueError
@@ -26,10 +26,7 @@ PUBLISHED = {"llama31_8b": 8_030_261_248, "llama33_70b": 70_553_706_496,
 
 
 def load(name, *args):
-  spec = importlib.util.spec_from_file_location(f"target_{name}", TARGETS / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(*args)
+  return configs.load(f"targets/{name}", *args)
 
 
 def abstract_mesh(config):

@@ -2,7 +2,6 @@
 columns and figures; greedy runs are deterministic; bad benchmarks and drafters fail before
 decoding."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -11,27 +10,25 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import configs
 from ppow_jax import assets
 from ppow_jax.decoding import runner
 from ppow_jax.decoding.drafter_io import DrafterMismatchError
 from ppow_jax.data.prompts import PromptFileError
 from ppow_jax.eagle3 import Eagle3Config, Eagle3Drafter, save_eagle3
-from ppow_jax.evaluation import report, truncated_lm
+from ppow_jax.evaluation import parsing, report, truncated_lm
+from ppow_jax.evaluation.parsing import EvalSetupError
 from ppow_jax.models import hf_checkpoint
 from ppow_jax.models.config import ModelConfig
 from ppow_jax.models.transformer import Transformer
 from ppow_jax.modes import eval as eval_mode
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 SPEC_BENCH = pathlib.Path(assets.SPEC_BENCH)
 WINDOW = 3
 
 
 def _config(target, drafters, benchmarks, **eval_kw):
-  spec = importlib.util.spec_from_file_location("eval_config", REPO / "configs" / "eval.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = configs.load("eval")
   c.target.path = target
   c.drafters = drafters
   c.data.benchmarks = benchmarks
@@ -175,29 +172,29 @@ def test_eagle3_drafter_for_another_target_fails_before_decoding(no_decode, stor
   e3 = str(tmp_path / "e3")
   cfg = Eagle3Config.from_target(target, aux_layers=(2, 4, 7))
   save_eagle3(_zeros(lambda: Eagle3Drafter(cfg, rngs=nnx.Rngs(0))), e3)
-  with pytest.raises(eval_mode.EvalSetupError, match=r"drafter 'e3'.*aux_layers=\(2, 4, 7\)"):
+  with pytest.raises(EvalSetupError, match=r"drafter 'e3'.*aux_layers=\(2, 4, 7\)"):
     eval_mode.run(_config(stories_path, f"e3={e3}", str(SPEC_BENCH)), str(tmp_path))
 
 
 def test_missing_drafter_and_context_overflow(no_decode, stories_path, tmp_path):
-  with pytest.raises(eval_mode.EvalSetupError, match=f"drafter 'gone'.*{tmp_path}/gone"):
+  with pytest.raises(EvalSetupError, match=f"drafter 'gone'.*{tmp_path}/gone"):
     eval_mode.run(_config(stories_path, f"gone={tmp_path}/gone", str(SPEC_BENCH)), str(tmp_path))
-  with pytest.raises(eval_mode.EvalSetupError, match="max_position_embeddings"):
+  with pytest.raises(EvalSetupError, match="max_position_embeddings"):
     eval_mode.run(_config(stories_path, "", str(SPEC_BENCH), max_new_tokens=600), str(tmp_path))
 
 
 def test_config_parsing():
-  assert eval_mode.parse_drafters(" a=/x , b=/y/ ,/z/w") == {"a": "/x", "b": "/y/", "w": "/z/w"}
+  assert parsing.parse_drafters(" a=/x , b=/y/ ,/z/w") == {"a": "/x", "b": "/y/", "w": "/z/w"}
   for bad, msg in [("a=/x,a=/y", "given twice"), ("autoregressive=/x", "reserved"),
                    ("=/x", "not 'name=path'")]:
-    with pytest.raises(eval_mode.EvalSetupError, match=msg):
-      eval_mode.parse_drafters(bad)
-  assert eval_mode.parse_numbers("t", "0, 1,0.7,1", float, 0.0) == [0.0, 1.0, 0.7]
-  assert eval_mode.parse_numbers("w", (2, 4), int, 1) == [2, 4]
-  with pytest.raises(eval_mode.EvalSetupError, match="w: '0' is below"):
-    eval_mode.parse_numbers("w", "2,0", int, 1)
-  with pytest.raises(eval_mode.EvalSetupError, match="t: 'x' is not a number"):
-    eval_mode.parse_numbers("t", "x", float, 0.0)
+    with pytest.raises(EvalSetupError, match=msg):
+      parsing.parse_drafters(bad)
+  assert parsing.parse_numbers("t", "0, 1,0.7,1", float, 0.0) == [0.0, 1.0, 0.7]
+  assert parsing.parse_numbers("w", (2, 4), int, 1) == [2, 4]
+  with pytest.raises(EvalSetupError, match="w: '0' is below"):
+    parsing.parse_numbers("w", "2,0", int, 1)
+  with pytest.raises(EvalSetupError, match="t: 'x' is not a number"):
+    parsing.parse_numbers("t", "x", float, 0.0)
 
 
 # --- Draft trees ----------------------------------------------------------------------------------
@@ -254,7 +251,7 @@ def test_window_zero_decodes_every_drafter_as_the_tree_only(stories_path, tmp_pa
   md = (tmp_path / "report.md").read_text()
   assert "drafting tree 2,2,5" in md and "every drafter drafts a dynamic tree" in md
   assert "| drafter | N=3 | N=5 |" in md.split("## Tree num_nodes sweep")[1]
-  with pytest.raises(eval_mode.EvalSetupError, match=r"config.eval.window=0 .* needs config.eval.tree"):
+  with pytest.raises(EvalSetupError, match=r"config.eval.window=0 .* needs config.eval.tree"):
     eval_mode.run(_config(stories_path, f"self={stories_path}", str(SPEC_BENCH), window=0),
                   str(tmp_path))
 
@@ -267,7 +264,7 @@ def test_window_zero_decodes_every_drafter_as_the_tree_only(stories_path, tmp_pa
     (dict(tree="2,2"), r"config.eval.tree: '2,2' is not 'depth,topk,num_nodes'"),
 ])
 def test_bad_tree_settings_fail_before_decoding(no_decode, stories_path, tmp_path, kw, msg):
-  with pytest.raises(eval_mode.EvalSetupError, match=msg):
+  with pytest.raises(EvalSetupError, match=msg):
     eval_mode.run(_config(stories_path, f"self={stories_path}", str(SPEC_BENCH), **kw),
                   str(tmp_path))
 
@@ -301,14 +298,11 @@ def test_baseline_and_drafters_decode_each_category_back_to_back(stories_path, d
 def test_readme_command_1_evaluates_the_shipped_spec_bench():
   """README command 1's table stands on Spec-Bench as shipped: one prompt of each of its 13
   categories, whatever folders lie beside the clone; training avoids all three evaluation sets."""
-  spec = importlib.util.spec_from_file_location("default_config", REPO / "configs" / "default.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = configs.load("default")
   assert c.eval.data.benchmarks == assets.SPEC_BENCH
   assert c.sft.data.exclude.split(",") == list(assets.BENCHMARKS)
   assert all(pathlib.Path(p).is_file() for p in assets.BENCHMARKS)
-  prompts = eval_mode.load_benchmarks([c.eval.data.benchmarks], [],
+  prompts = parsing.load_benchmarks([c.eval.data.benchmarks], [],
                                       c.eval.data.limit_per_category)
   assert len(prompts) == 13 and len({p.category for p in prompts}) == 13
 

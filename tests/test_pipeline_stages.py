@@ -1,25 +1,19 @@
 """The pipeline's stage plumbing that needs no training: configs/default.py and its variants,
 the CPU-time budget of the token-level control, held-out prompts for a user's target."""
 
-import importlib.util
 import json
 import os
 
 import pytest
 
+import configs
 from ppow_jax import config_checks, run_files
 from ppow_jax.modes import pipeline
 from ppow_jax.user_errors import ConfigValueError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _config(name, *args):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name.replace('/', '_')}",
-                                                os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+  return configs.load(name, *args)
 
 
 def test_default_is_the_smollm2_quick_recipe_and_toy_a_variant():

@@ -8,7 +8,6 @@ fresh drafter is never accepted, which would make every reward 0 and these check
 
 import dataclasses
 import functools
-import importlib.util
 import math
 import os
 import pathlib
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import configs
 from ppow_jax.data import selfdistill
 from ppow_jax.eagle3 import load_eagle3
 from ppow_jax.models import safetensors_io
@@ -30,7 +30,7 @@ from ppow_jax.modes import sft
 from ppow_jax.parallel import sharding
 from ppow_jax.ppow import objective
 from ppow_jax.ppow.step import make_ppow_step
-from ppow_jax.training import drafter_run
+from ppow_jax.training import drafter_init, startup
 from ppow_jax.training.checkpoints import Checkpointer
 from ppow_jax.training.metrics import NonFiniteLossError, read_metrics
 
@@ -52,10 +52,7 @@ METRIC_KEYS = ("loss", "policy_loss", "kl", "clip_fraction", "aux_ce", "grad_nor
 
 
 def _config(name, overrides):
-  spec = importlib.util.spec_from_file_location(f"{name}_config", ROOT / "configs" / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = configs.load(name)
   for key, value in overrides.items():
     *path, leaf = key.split(".")
     node = c
@@ -272,7 +269,7 @@ def test_nonfinite_step_stops_and_keeps_last_good_checkpoint(start, monkeypatch,
     config = _config("ppow", {**start["base"], **overrides})
     drafter = load_eagle3(config.drafter.init_from)
     params = drafter.params()
-    opt = drafter_run.make_optimizer(config.optim, config.train.num_steps)
+    opt = drafter_init.make_optimizer(config.optim, config.train.num_steps)
     state = c.restore({"params": params, "opt_state": opt.init(params),
                        "step": jnp.zeros((), jnp.int32)})
   finally:
@@ -335,11 +332,11 @@ def test_ablation_switches(start):
   }
   base = {**start["base"], "ppow.ppo_epochs": 1}
   config = _config("ppow", base)
-  target = drafter_run.load_target(config)
+  target = startup.load_target(config)
   drafter = load_eagle3(config.drafter.init_from, target.cfg)
   records = selfdistill.load(config.data.dir, "train")
   batch = selfdistill.SequenceData(records, seq_len=32, batch_size=8, seed=0).batch(0)
-  opt = drafter_run.make_optimizer(config.optim, 10)
+  opt = drafter_init.make_optimizer(config.optim, 10)
   params = drafter.params()
   state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
   keys = ("reward", "mean_k", "k0_share", "window_score_selected", "window_score_mean")
@@ -390,12 +387,12 @@ def test_ttt_aux_loss(start):
   from ppow_jax.models import transformer
 
   config = _config("ppow", {**start["base"], "ppow.ppo_epochs": 1, "ppow.ttt_steps": 2})
-  target = drafter_run.load_target(config)
+  target = startup.load_target(config)
   drafter = load_eagle3(config.drafter.init_from, target.cfg)
   records = selfdistill.load(config.data.dir, "train")
   batch = jax.tree.map(jnp.asarray,
                        selfdistill.SequenceData(records, seq_len=32, batch_size=8, seed=0).batch(0))
-  opt = drafter_run.make_optimizer(config.optim, 10)
+  opt = drafter_init.make_optimizer(config.optim, 10)
   params, tp, d2t = drafter.params(), target.params(), drafter.d2t[...]
   state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
   base = ppow_mode.settings_from_config(config)
@@ -443,9 +440,9 @@ def test_policy_coef_scales_only_the_rl_term(start):
 def test_load_target_shards_only_when_the_mesh_splits_it(stories_path):
   """A mesh that splits weights (fsdp/tensor) gets the target placed on it at load; a data-only
   mesh leaves it on one device (replicated later with the train state)."""
-  split = drafter_run.load_target(_config("ppow", {
+  split = startup.load_target(_config("ppow", {
       "target.path": stories_path, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}))
-  plain = drafter_run.load_target(_config("ppow", {"target.path": stories_path}))
+  plain = startup.load_target(_config("ppow", {"target.path": stories_path}))
   sp, pp = split.params(), plain.params()
   assert not all(x.sharding.is_fully_replicated for x in jax.tree.leaves(sp))
   assert all(len(x.sharding.device_set) == 1 for x in jax.tree.leaves(pp))

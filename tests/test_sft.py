@@ -2,10 +2,8 @@
 same result as an uninterrupted run, its export decodes losslessly, and the NaN guard keeps the
 last good checkpoint."""
 
-import importlib.util
 import json
 import os
-import pathlib
 
 import flax.nnx as nnx
 import jax
@@ -13,32 +11,29 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import configs
 from ppow_jax.data.selfdistill import SequenceData
 from ppow_jax.decoding import engine
 from ppow_jax.decoding.drafter_io import load_drafter
 from ppow_jax.eagle3 import build_vocab_maps, load_eagle3
 from ppow_jax.eagle3 import model as e3
-from ppow_jax.eagle3 import ttt
+from ppow_jax.eagle3 import train_step, ttt
 from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
 from ppow_jax.models import transformer
 from ppow_jax.models.hf_checkpoint import load_model
 from ppow_jax.modes import sft
-from ppow_jax.training import drafter_run
+from ppow_jax.training import data_feed, drafter_init, startup
 from ppow_jax.training.checkpoints import Checkpointer
 from ppow_jax.training.metrics import NonFiniteLossError, read_metrics
 
 from conftest import random_eagle3_drafter
 
-CONFIG_FILE = pathlib.Path(__file__).resolve().parents[1] / "configs" / "sft.py"
 NUM_STEPS = 6
 
 
 def _sft_config(stories_path, data_dir):
   """configs/sft.py shrunk to a seconds-long run (6 steps, checkpoints at 3 and 6)."""
-  spec = importlib.util.spec_from_file_location("sft_config", CONFIG_FILE)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = configs.load("sft")
   c.target.path = stories_path
   c.data.update(dir=data_dir, num_samples=24, num_heldout=4, max_new_tokens=31, seq_len=32,
                 gen_batch_size=24)
@@ -80,7 +75,7 @@ def _restore_params(workdir, config, target_cfg, step):
   """Params of checkpoint `step` (the structure comes from a fresh state of the same run)."""
   drafter = e3.Eagle3Drafter(e3.Eagle3Config.from_target(target_cfg, draft_vocab_size=128),
                              rngs=nnx.Rngs(0))
-  opt = drafter_run.make_optimizer(config.optim, config.train.num_steps)
+  opt = drafter_init.make_optimizer(config.optim, config.train.num_steps)
   params = drafter.params()
   state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=1, keep=10)
@@ -142,15 +137,15 @@ def test_ttt_unroll_equals_incremental_decoding(target):
 @pytest.mark.slow
 def test_train_step_lowers_loss_on_a_fixed_batch(stories_path, data_dir, target, reference):
   config = _sft_config(stories_path, data_dir)
-  tgt = drafter_run.Target(target, None)
-  train, _ = drafter_run.prepare_data(config, tgt, data_dir)  # cached by the reference run
-  drafter = drafter_run.init_drafter(config, tgt, train)
+  tgt = startup.Target(target, None)
+  train, _ = data_feed.prepare_data(config, tgt, data_dir)  # cached by the reference run
+  drafter = drafter_init.init_drafter(config, tgt, train)
   dcfg = drafter.cfg
   assert dcfg.draft_vocab_size == 128
   batch = {k: jnp.asarray(v) for k, v in SequenceData(train, 32, 8).batch(0).items()}
   assert batch["loss_mask"].any()
-  opt = drafter_run.make_optimizer(config.optim, 11)
-  step_fn = jax.jit(sft.make_train_step(target.cfg, dcfg, opt, steps=2, decay=0.8))
+  opt = drafter_init.make_optimizer(config.optim, 11)
+  step_fn = jax.jit(train_step.make_train_step(target.cfg, dcfg, opt, steps=2, decay=0.8))
   params = drafter.params()
   state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
   tp, d2t = target.params(), drafter.d2t[...]
@@ -197,10 +192,10 @@ def test_run_writes_metrics_export_and_eval(reference, target):
   assert d.cfg.draft_vocab_size == 128 and d.cfg.aux_layers == e3.default_aux_layers(5)
   _assert_trees_close(d.params(), _restore_params(workdir, config, target.cfg, NUM_STEPS),
                       rtol=0, atol=0)
-  train, _ = drafter_run.prepare_data(config, drafter_run.Target(target, None), workdir)
+  train, _ = data_feed.prepare_data(config, startup.Target(target, None), workdir)
   np.testing.assert_array_equal(
       d.d2t[...], build_vocab_maps(
-          drafter_run.selfdistill.token_counts(train, target.cfg.vocab_size), 128)[0])
+          data_feed.selfdistill.token_counts(train, target.cfg.vocab_size), 128)[0])
 
 
 @pytest.mark.slow
@@ -210,17 +205,17 @@ def test_heldout_temperature_and_stale_data_cache(reference, target, data_dir, c
   data.temperature; a cache made with other settings is reused as it is, with a warning that
   names the file and the fields."""
   _, config, _ = reference
-  meta = drafter_run.selfdistill.datasets.SelfDistillation(data_dir=data_dir).info.metadata
+  meta = data_feed.selfdistill.datasets.SelfDistillation(data_dir=data_dir).info.metadata
   assert meta["settings"]["train"]["temperature"] == config.data.temperature == 0.7
   assert meta["settings"]["heldout"]["temperature"] == config.data.heldout_temperature == 1.0
-  train, heldout = drafter_run.prepare_data(config, drafter_run.Target(target, None), "unused")
+  train, heldout = data_feed.prepare_data(config, startup.Target(target, None), "unused")
   assert "reusing cached" not in caplog.text
   stale = config.copy_and_resolve_references()
   stale.data.update(temperature=0.5, num_samples=20)
   def no_decode(*a, **k):
     raise AssertionError("the cache was regenerated")
-  monkeypatch.setattr(drafter_run.selfdistill, "generate_split", no_decode)
-  train2, heldout2 = drafter_run.prepare_data(stale, drafter_run.Target(target, None), "unused")
+  monkeypatch.setattr(data_feed.selfdistill, "generate_split", no_decode)
+  train2, heldout2 = data_feed.prepare_data(stale, startup.Target(target, None), "unused")
   assert [r.tolist() for r in train2] == [r.tolist() for r in train]
   assert [r.tolist() for r in heldout2] == [r.tolist() for r in heldout]
   assert "self_distillation/1.0.0: reusing cached self-distillation train split" in caplog.text
@@ -235,32 +230,33 @@ def test_data_seed_keeps_other_run_seeds_on_the_cached_data(reference, target, c
   in the pipeline) reads the cache without a stale-settings warning; data.seed = -1 follows the
   run's seed, so that run is told its data was sampled with another seed."""
   _, config, _ = reference
-  assert config.data.seed == -1 and drafter_run.data_seed(config) == config.seed
+  assert config.data.seed == -1 and data_feed.data_seed(config) == config.seed
   def no_decode(*a, **k):
     raise AssertionError("the cache was regenerated")
-  monkeypatch.setattr(drafter_run.selfdistill, "generate_split", no_decode)
+  monkeypatch.setattr(data_feed.selfdistill, "generate_split", no_decode)
   other = config.copy_and_resolve_references()
   other.seed = config.seed + 1
   other.data.seed = config.seed
-  assert drafter_run.data_seed(other) == config.seed
-  drafter_run.prepare_data(other, drafter_run.Target(target, None), "unused")
+  assert data_feed.data_seed(other) == config.seed
+  data_feed.prepare_data(other, startup.Target(target, None), "unused")
   assert "reusing cached" not in caplog.text
   other.data.seed = -1
-  drafter_run.prepare_data(other, drafter_run.Target(target, None), "unused")
+  data_feed.prepare_data(other, startup.Target(target, None), "unused")
   assert f"seed={config.seed}; this config asks for seed={config.seed + 1}" in caplog.text
 
 
 @pytest.mark.slow
 def test_aux_layers_config(reference, target):
   _, config, _ = reference
-  train, _ = drafter_run.prepare_data(config, drafter_run.Target(target, None), "unused")
+  train, _ = data_feed.prepare_data(config, startup.Target(target, None), "unused")
   c = config.copy_and_resolve_references()
   c.drafter.aux_layers = "1,3,5"
-  assert drafter_run.init_drafter(c, drafter_run.Target(target, None), train).cfg.aux_layers == (1, 3, 5)
+  drafter = drafter_init.init_drafter(c, startup.Target(target, None), train)
+  assert drafter.cfg.aux_layers == (1, 3, 5)
   for bad in ("1,3", "0,2,4", "1,3,6", "a,b,c"):
     c.drafter.aux_layers = bad
     with pytest.raises(ValueError, match=f"drafter.aux_layers='{bad}'"):
-      drafter_run.init_drafter(c, drafter_run.Target(target, None), train)
+      drafter_init.init_drafter(c, startup.Target(target, None), train)
 
 
 @pytest.mark.slow
@@ -269,7 +265,7 @@ def test_export_decodes_losslessly(reference, target):
   tp = target.params()
   drafter, dparams = load_drafter(workdir, target.cfg, tp)  # a run dir resolves to export/
   assert isinstance(drafter, Eagle3EngineDrafter) and drafter.cfg.draft_vocab_size == 128
-  _, heldout = drafter_run.prepare_data(config, drafter_run.Target(target, None), workdir)
+  _, heldout = data_feed.prepare_data(config, startup.Target(target, None), workdir)
   prompts = np.zeros((4, 16), np.int32)
   lens = np.array([3, 9, 16, 6], np.int32)
   for r, (rec, n) in enumerate(zip(heldout, lens)):
@@ -404,13 +400,13 @@ def test_draft_vocab_logits_and_bfloat16_step(target):
   x = jax.random.randint(jax.random.key(0), (2, 16), 0, target.cfg.vocab_size)
   out = transformer.forward(target.cfg, tp, x)
   ids = ttt.draft_vocab_ids(d.d2t[...])
-  np.testing.assert_allclose(sft.draft_vocab_logits(tp, out.last_hidden, d.d2t[...]),
+  np.testing.assert_allclose(train_step.draft_vocab_logits(tp, out.last_hidden, d.d2t[...]),
                              out.logits[..., ids], rtol=1e-5, atol=1e-5)
-  opt = drafter_run.make_optimizer(_sft_config(".", ".").optim, 10)
+  opt = drafter_init.make_optimizer(_sft_config(".", ".").optim, 10)
   batch = {"tokens": x, "valid": jnp.ones(x.shape, bool), "loss_mask": jnp.ones(x.shape, bool)}
   losses = {}
   for dtype in ("float32", "bfloat16"):
-    step = jax.jit(sft.make_train_step(target.cfg, cfg, opt, steps=3, decay=0.8,
+    step = jax.jit(train_step.make_train_step(target.cfg, cfg, opt, steps=3, decay=0.8,
                                        compute_dtype=dtype))
     state = {"params": d.params(), "opt_state": opt.init(d.params()),
              "step": jnp.zeros((), jnp.int32)}
@@ -426,8 +422,8 @@ def test_init_head_from_target(reference, target):
   _, config, _ = reference
   config = config.copy_and_resolve_references()
   config.drafter.init_head_from_target = True
-  train, _ = drafter_run.prepare_data(config, drafter_run.Target(target, None), "unused")
-  d = drafter_run.init_drafter(config, drafter_run.Target(target, None), train)
+  train, _ = data_feed.prepare_data(config, startup.Target(target, None), "unused")
+  d = drafter_init.init_drafter(config, startup.Target(target, None), train)
   ids = np.asarray(ttt.draft_vocab_ids(d.d2t[...]))
   tp = target.params()
   np.testing.assert_array_equal(np.asarray(d.lm_head[...]), np.asarray(tp["embed"]).T[:, ids])
@@ -436,7 +432,7 @@ def test_init_head_from_target(reference, target):
   assert (d.norm[...].unsafe_buffer_pointer()
           != jnp.asarray(tp["final_norm"]).unsafe_buffer_pointer())
   config.drafter.init_head_from_target = False
-  fresh = drafter_run.init_drafter(config, drafter_run.Target(target, None), train)
+  fresh = drafter_init.init_drafter(config, startup.Target(target, None), train)
   assert not np.allclose(np.asarray(fresh.lm_head[...]), np.asarray(d.lm_head[...]))
 
 
@@ -445,9 +441,9 @@ def test_feature_scale_tames_massive_dimensions(reference, target):
   """feature_scale: 1 for ordinary dimensions, below 1 exactly where a dimension's RMS exceeds
   its layer's median (a planted massive activation here); the fc update rows follow it."""
   _, config, _ = reference
-  train, _ = drafter_run.prepare_data(config, drafter_run.Target(target, None), "unused")
+  train, _ = data_feed.prepare_data(config, startup.Target(target, None), "unused")
   layers = (1, 2, 2)
-  s = drafter_run.feature_scale(drafter_run.Target(target, None), layers, train, 32)
+  s = drafter_init.feature_scale(startup.Target(target, None), layers, train, 32)
   h = target.cfg.hidden_size
   assert s.shape == (3 * h,) and (s <= 1).all() and (s > 0).all()
   assert all((s[i * h:(i + 1) * h] == 1.0).mean() >= 0.5 for i in range(3))
@@ -455,11 +451,11 @@ def test_feature_scale_tames_massive_dimensions(reference, target):
   # (the embeddings) gets about 1/100.
   params = jax.tree.map(lambda x: x, target.params())
   params["embed"] = params["embed"].at[:, 3].multiply(100.0)
-  big = drafter_run.Target(type("T", (), {"cfg": target.cfg, "params": lambda self: params})(),
-                           None)
-  s0 = drafter_run.feature_scale(big, (0, 1, 2), train, 32)
+  big = startup.Target(type("T", (), {"cfg": target.cfg, "params": lambda self: params})(),
+                       None)
+  s0 = drafter_init.feature_scale(big, (0, 1, 2), train, 32)
   assert s0[3] < 0.05 and np.delete(s0[:h], 3).min() > 0.2
-  tx = drafter_run.scale_fc_updates(s0)
+  tx = drafter_init.scale_fc_updates(s0)
   upd = {"fc": jnp.ones((3 * h, 4)), "norm": jnp.ones(4)}
   out, _ = tx.update(upd, tx.init(upd))
   np.testing.assert_allclose(np.asarray(out["fc"][:, 0]), s0)

@@ -1,9 +1,7 @@
 """The toy target (ppow_jax.toy_target): stdlib corpus, BPE tokenizer, packing, training, and the target directory."""
 
-import importlib.util
 import json
 import os
-import pathlib
 import time
 
 import flax.nnx as nnx
@@ -11,17 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import configs
 from ppow_jax.models import hf_checkpoint, transformer
 from ppow_jax.toy_target import corpus
 from ppow_jax.toy_target import target_lm as tl
 
 
 def _load_default_config():
-  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "default.py"
-  spec = importlib.util.spec_from_file_location("ppow_configs_default", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("toy")  # the embedded toy target is the variant `:toy`
+  return configs.load("default", "toy")  # the embedded toy target is the variant `:toy`
 
 
 @pytest.fixture(scope="module")

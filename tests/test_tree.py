@@ -508,14 +508,9 @@ def test_spec_validation_names_the_field():
 
 
 def test_decode_config_tree_setting():
-  import importlib.util
-  import pathlib
+  import configs
   from ppow_jax.modes import decode as decode_mode
-  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "decode.py"
-  spec = importlib.util.spec_from_file_location("decode_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = configs.load("decode")
   assert decode_mode.settings_from_config(c).tree is None  # the default: a chain
   c.drafter.path = "/some/drafter"
   c.decode.tree = "6,4,24"

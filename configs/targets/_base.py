@@ -7,20 +7,9 @@ rule overrides ("embed=fsdp+data,vocab=tensor"; "" = sharding.DEFAULT_RULES), pi
 `topology` (ppow_jax.parallel.sharding.apply_topology).
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-CONFIGS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(f"ppow_configs_{name}",
-                                                os.path.join(CONFIGS, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+import configs
 
 
 def topology(data, fsdp, tensor, batch_size, rules=""):
@@ -33,7 +22,7 @@ def make(arch: dict, *, topologies: dict, topology_name: str, drafter_from: str,
   """configs/ppow.py for `arch` in bfloat16 with a 32000-token EAGLE-3 draft vocabulary."""
   if topology_name not in topologies:
     raise ValueError(f"topology {topology_name!r}: this config knows {', '.join(topologies)}")
-  c = _load("ppow")
+  c = configs.load("ppow")
   c.workdir = workdir
   c.target.update(path="", dtype="bfloat16")
   c.target.arch = ml_collections.ConfigDict(arch)  # HF config.json fields; the dry run's model

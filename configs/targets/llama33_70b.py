@@ -19,16 +19,7 @@ which runs `python -m ppow_jax.main --config configs/targets/llama33_70b.py ...
 --config.topology=v5p-128 / v6e-256 (or `--config=configs/targets/llama33_70b.py:v5p-64`).
 """
 
-import importlib.util
-import os
-
-
-def _base():
-  spec = importlib.util.spec_from_file_location(
-      "ppow_targets_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from configs.targets import _base
 
 
 # meta-llama/Llama-3.3-70B-Instruct config.json.
@@ -44,7 +35,7 @@ ARCH = dict(
 
 
 def get_config(topology="v5p-64"):
-  b = _base()
+  b = _base
   return b.make(ARCH, topology_name=topology, workdir="runs/llama33_70b",
                 drafter_from="yuhuili/EAGLE3-LLaMA3.3-Instruct-70B",
                 topologies={

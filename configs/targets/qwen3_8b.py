@@ -19,16 +19,7 @@ which runs `python -m ppow_jax.main --config configs/targets/qwen3_8b.py ...
 --config.topology=v5p-64 / v6e-256 (or `--config=configs/targets/qwen3_8b.py:v5e-8`).
 """
 
-import importlib.util
-import os
-
-
-def _base():
-  spec = importlib.util.spec_from_file_location(
-      "ppow_targets_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "_base.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from configs.targets import _base
 
 
 # Qwen/Qwen3-8B config.json.
@@ -42,7 +33,7 @@ ARCH = dict(
 
 
 def get_config(topology="v5e-8"):
-  b = _base()
+  b = _base
   return b.make(ARCH, topology_name=topology, workdir="runs/qwen3_8b",
                 drafter_from="AngelSlim/Qwen3-8B_eagle3",
                 topologies={

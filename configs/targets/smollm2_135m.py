@@ -11,26 +11,13 @@ configs/default.py (`--config.sft.train.num_steps=100`). The measurements behind
 docs/results/smollm2_training.md ("Recipe notes").
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
+import configs
 from ppow_jax import assets
-
-CONFIGS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 OPENINGS = ("", "Write", "Summarize the following", "Translate", "Write a Python function",
             "Solve", "Explain", "Read the passage below and answer", "Extract", "Imagine you are")
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(f"ppow_configs_{name}",
-                                                os.path.join(CONFIGS, f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def get_config(variant: str = ""):
@@ -44,7 +31,7 @@ def get_config(variant: str = ""):
   # The evaluation sets ship in ppow_jax/assets: evaluated on Spec-Bench (the full recipe also
   # on HumanEval and GSM8K); training prompts overlapping any of them are dropped.
   benchmarks = list(assets.BENCHMARKS)
-  sft = _load("sft")
+  sft = configs.load("sft")
   sft.data.update(dict(
       synthesize=320 if quick else 1280, exclude=",".join(benchmarks),
       num_samples=100000, num_heldout=16 if quick else 64, max_prompt_len=160,
@@ -72,7 +59,7 @@ def get_config(variant: str = ""):
                        batch_size=1))
   c.sft = sft
 
-  ppow = _load("ppow")
+  ppow = configs.load("ppow")
   ppow.data = sft.data.copy_and_resolve_references()
   ppow.data.loss_on_prompt = False  # PPOW's windows are drafted in responses only
   ppow.ppow.update(dict(window=4, group_size=4, prefixes_per_seq=2, windowing_start=5,
@@ -93,7 +80,7 @@ def get_config(variant: str = ""):
   c.window_choice = ml_collections.ConfigDict(dict(
       candidates="1" if quick else "1,2,3,4", tree="1,4,4",
       tree_num_nodes="3,4" if quick else "3,4,5", num_prompts=8, max_new_tokens=64))
-  ev = _load("eval")
+  ev = configs.load("eval")
   ev.data.update(dict(benchmarks=",".join(benchmarks[:1] if quick else benchmarks),
                       limit_per_category=1 if quick else 2, max_prompt_len=512))
   ev.eval.update(dict(temperatures="0,1", window=4, windows="" if quick else "4,6",

@@ -27,8 +27,8 @@ import os
 from typing import Sequence
 
 import numpy as np
-from absl import logging
 
+from ppow_jax import run_files
 from ppow_jax.data import datasets
 from ppow_jax.data.prompts import Conversation, PromptFileError, _as_id_list
 
@@ -124,12 +124,11 @@ def _round_files(out_dir: str, split: str, r: int) -> str:
 
 
 def _write_outputs(path: str, index: Sequence[int], outs: Sequence[Sequence[int]]):
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, index=np.asarray(index, np.int64),
-           lengths=np.asarray([len(o) for o in outs], np.int64),
-           tokens=np.concatenate([np.asarray(o, np.int32) for o in outs]) if outs
-           else np.zeros((0,), np.int32))
-  os.replace(tmp, path)
+  with run_files.atomic_open(path, "wb") as f:
+    np.savez(f, index=np.asarray(index, np.int64),
+             lengths=np.asarray([len(o) for o in outs], np.int64),
+             tokens=np.concatenate([np.asarray(o, np.int32) for o in outs]) if outs
+             else np.zeros((0,), np.int32))
 
 
 def _read_outputs(path: str) -> dict[int, np.ndarray]:
@@ -293,14 +292,6 @@ def prepare(target_cfg, target_params, tokenizer, data_dir: str, specs: dict[str
     datasets.ConversationData(data_dir=data_dir, chunks=chunks,
                               settings=settings).download_and_prepare()
     builder = datasets.ConversationData(data_dir=data_dir)
-  have = dict(builder.info.metadata.get("settings", {}))
-  for name, fields in want.items():
-    stale = {f: (have.get(name, {}).get(f), v) for f, v in fields.items()
-             if f in have.get(name, {}) and have[name][f] != v}
-    if stale:
-      logging.warning("%s: reusing cached conversation %s split made with %s; this config asks "
-                      "for %s (use another data.dir to rebuild)", builder.data_dir, name,
-                      ", ".join(f"{f}={a!r}" for f, (a, _) in stale.items()),
-                      ", ".join(f"{f}={b!r}" for f, (_, b) in stale.items()))
+  datasets.warn_if_stale(builder, want, "conversation", "rebuild")
   source = builder.as_data_source()
   return {name: datasets.MaskedRecords(source[name]) for name in specs}

@@ -22,7 +22,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
+from ppow_jax import run_files
 from ppow_jax.data import prompts as prompt_files
 
 
@@ -110,14 +112,17 @@ class SelfDistillation(_QuietBuilder):
     self._settings = settings or {}
     super().__init__(file_format="array_record", **kwargs)
 
+  DESCRIPTION = "Self-distillation: the target model's own responses (ppow_jax)."
+
+  def _features(self) -> dict:
+    """An example's features: the token sequence and its prompt's length."""
+    return {"tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+            "prompt_len": np.int32}
+
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Self-distillation: the target model's own responses (ppow_jax).",
-        disable_shuffling=True,
-        features=tfds.features.FeaturesDict({
-            "tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-            "prompt_len": np.int32}),
+        builder=self, description=self.DESCRIPTION, disable_shuffling=True,
+        features=tfds.features.FeaturesDict(self._features()),
         metadata=tfds.core.MetadataDict(settings=self._settings))
 
   def _split_generators(self, dl_manager):
@@ -137,17 +142,11 @@ class ConversationData(SelfDistillation):
   """Chat-templated conversations as token sequences with a loss mask on the assistant turns."""
 
   VERSION = tfds.core.Version("1.0.0")
+  DESCRIPTION = "Conversations through the target's chat template, loss on assistant turns."
 
-  def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description="Conversations through the target's chat template, loss on assistant turns.",
-        disable_shuffling=True,
-        features=tfds.features.FeaturesDict({
-            "tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-            "prompt_len": np.int32,
-            "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.bool_)}),
-        metadata=tfds.core.MetadataDict(settings=self._settings))
+  def _features(self) -> dict:
+    return {**super()._features(),
+            "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.bool_)}
 
   def _generate_examples(self, chunk_files):
     n = 0
@@ -168,10 +167,9 @@ def write_chunk(path: str, records: Sequence[tuple[int, np.ndarray]],
   if masks is not None:
     extra["loss_masks"] = (np.concatenate([np.asarray(m, bool) for m in masks]) if records
                            else np.zeros((0,), bool))
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, prompt_lens=np.asarray([p for p, _ in records], np.int32), lengths=lens,
-           tokens=tokens, **extra)
-  os.replace(tmp, path)
+  with run_files.atomic_open(path, "wb") as f:
+    np.savez(f, prompt_lens=np.asarray([p for p, _ in records], np.int32), lengths=lens,
+             tokens=tokens, **extra)
 
 
 def read_chunk(path: str) -> list[tuple[int, np.ndarray]]:
@@ -215,3 +213,17 @@ class MaskedRecords(Records):
 
   def loss_mask(self, i) -> np.ndarray:
     return np.asarray(self._source[int(i)]["loss_mask"], bool)
+
+
+def warn_if_stale(builder, want: dict[str, dict], what: str, remedy: str):
+  """Logs, for each split of `want` ({split: {field: value}}), the fields that the cached
+  dataset of `builder` was made with other values of: it is reused as it is, so say so."""
+  have = dict(builder.info.metadata.get("settings", {}))
+  for name, fields in want.items():
+    stale = {f: (have.get(name, {}).get(f), v) for f, v in fields.items()
+             if f in have.get(name, {}) and have[name][f] != v}
+    if stale:
+      absl_logging.warning("%s: reusing cached %s %s split made with %s; this config asks for %s "
+                           "(use another data.dir to %s)", builder.data_dir, what, name,
+                           ", ".join(f"{f}={a!r}" for f, (a, _) in stale.items()),
+                           ", ".join(f"{f}={b!r}" for f, (_, b) in stale.items()), remedy)

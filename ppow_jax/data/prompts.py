@@ -294,17 +294,21 @@ def _records(path: str, kind: str):
     _ends_early(path, n)
 
 
+def _file_kind(path: str, what: str, text: bool) -> str:
+  """"jsonl", "json" or (if `text` files are accepted) "text", from the file's extension; any
+  other extension is an error naming `what` the file should hold."""
+  kinds = (("text", _TEXT_SUFFIXES),) if text else ()
+  kinds += (("jsonl", _JSONL_SUFFIXES), ("json", _JSON_SUFFIXES))
+  for kind, suffixes in kinds:
+    if path.endswith(suffixes):
+      return kind
+  expected = _JSONL_SUFFIXES + _JSON_SUFFIXES + (_TEXT_SUFFIXES if text else ())
+  raise PromptFileError(f"{path}: unsupported {what} file extension; expected one of {expected}")
+
+
 def _read_prompts(path: str) -> list[Prompt]:
   """Every prompt of the file, in file order, with ids checked unique."""
-  if path.endswith(_TEXT_SUFFIXES):
-    kind = "text"
-  elif path.endswith(_JSONL_SUFFIXES):
-    kind = "jsonl"
-  elif path.endswith(_JSON_SUFFIXES):
-    kind = "json"
-  else:
-    raise PromptFileError(f"{path}: unsupported prompt file extension; expected one of "
-                          f"{_JSONL_SUFFIXES + _JSON_SUFFIXES + _TEXT_SUFFIXES}")
+  kind = _file_kind(path, "prompt", text=True)
   prompts, first_seen, no_user = [], {}, []
   for where, obj in _records(path, kind):
     if kind == "text":
@@ -507,13 +511,7 @@ def load_conversations(path: str, limit: int | None = None
   error. `limit` stops after that many kept conversations.
   """
   _check_count("limit", limit)
-  if path.endswith(_JSONL_SUFFIXES):
-    kind = "jsonl"
-  elif path.endswith(_JSON_SUFFIXES):
-    kind = "json"
-  else:
-    raise PromptFileError(f"{path}: unsupported conversation file extension; expected one of "
-                          f"{_JSONL_SUFFIXES + _JSON_SUFFIXES}")
+  kind = _file_kind(path, "conversation", text=False)
   out, stats = [], ConversationStats()
   for where, obj in _records(path, kind):
     if limit is not None and len(out) >= limit:

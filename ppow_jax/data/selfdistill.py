@@ -17,7 +17,6 @@ import os
 from typing import Sequence
 
 import numpy as np
-from absl import logging
 
 from ppow_jax.data import datasets
 
@@ -92,15 +91,7 @@ def prepare(target_cfg, target_params, data_dir: str, specs: dict[str, SplitSpec
     builder = _builder(data_dir, chunks=chunks, settings=settings)
     builder.download_and_prepare()
     builder = _builder(data_dir)
-  have = dict(builder.info.metadata.get("settings", {}))
-  for name, fields in want.items():
-    stale = {f: (have.get(name, {}).get(f), v) for f, v in fields.items()
-             if f in have.get(name, {}) and have[name][f] != v}
-    if stale:
-      logging.warning("%s: reusing cached self-distillation %s split made with %s; this config "
-                      "asks for %s (use another data.dir to regenerate)", builder.data_dir, name,
-                      ", ".join(f"{f}={a!r}" for f, (a, _) in stale.items()),
-                      ", ".join(f"{f}={b!r}" for f, (_, b) in stale.items()))
+  datasets.warn_if_stale(builder, want, "self-distillation", "regenerate")
   source = builder.as_data_source()
   missing = [name for name in specs if name not in source]
   if missing:

@@ -46,10 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from ppow_jax import run_files
 from ppow_jax.eagle3.model import Eagle3Config, Eagle3Drafter, param_shapes
 from ppow_jax.models import safetensors_io, torch_zip
-from ppow_jax.models.config import ConfigError, ModelConfig
-from ppow_jax.models.hf_checkpoint import CheckpointError, _tensor_index
+from ppow_jax.models.config import ConfigError, ModelConfig, rope_parameters
+from ppow_jax.models.hf_checkpoint import CheckpointError, TensorReader
 
 ARCHITECTURE = "LlamaForCausalLMEagle3"
 # Names vLLM's registry also accepts for the same drafter.
@@ -80,13 +81,7 @@ TORCH_FILE = "pytorch_model.bin"  # EAGLE's published drafters (torch.save), rea
 
 def config_to_hf_dict(cfg: Eagle3Config) -> dict:
   """The drafter's `config.json`."""
-  rope = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
-  if cfg.rope_llama3:
-    f, lo, hi, orig = cfg.rope_llama3
-    rope.update(rope_type="llama3", factor=f, low_freq_factor=lo, high_freq_factor=hi,
-                original_max_position_embeddings=orig)
-  elif cfg.rope_linear_factor:
-    rope.update(rope_type="linear", factor=cfg.rope_linear_factor)
+  rope = rope_parameters(cfg.rope_theta, cfg.rope_llama3, cfg.rope_linear_factor)
   scaling = None
   if rope["rope_type"] != "default":
     scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
@@ -225,11 +220,7 @@ def save_eagle3(drafter: Eagle3Drafter, path: str, *, embed_table=None):
                        f"({cfg.vocab_size}, {cfg.hidden_size})")
     tensors[EMBED_TENSOR] = np.ascontiguousarray(e)
   safetensors_io.save(os.path.join(path, "model.safetensors"), tensors, {"format": "pt"})
-  fname = os.path.join(path, "config.json")
-  tmp = f"{fname}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(config_to_hf_dict(cfg), f, indent=2)
-  os.replace(tmp, fname)
+  run_files.write_json(os.path.join(path, "config.json"), config_to_hf_dict(cfg))
 
 
 def _load_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:
@@ -239,18 +230,8 @@ def _load_tensors(path: str) -> dict[str, tuple[np.ndarray, str]]:
   if os.path.exists(torch_file) and not any(
       os.path.exists(os.path.join(path, f)) for f in SAFETENSORS_FILES):
     return {k: (v, torch_file) for k, v in torch_zip.load(torch_file).items()}
-  where = _tensor_index(path)
-  opened, out = {}, {}
-  for name, fname in where.items():
-    if fname not in opened:
-      if not os.path.exists(fname):
-        raise CheckpointError(f"{path}: shard file {os.path.basename(fname)} listed in the index "
-                              "does not exist")
-      opened[fname] = safetensors_io.load(fname)
-    if name not in opened[fname]:
-      raise CheckpointError(f"{fname}: missing tensor {name!r}")
-    out[name] = (opened[fname][name], fname)
-  return out
+  reader = TensorReader(path)
+  return {name: (reader.tensor(name), fname) for name, fname in reader.where.items()}
 
 
 def _params_from_tensors(path: str, cfg: Eagle3Config, tensors: dict) -> tuple[dict, np.ndarray,

@@ -1,7 +1,8 @@
 """Evaluation: drafters against the autoregressive baseline on benchmark prompts.
 
-`ppow_jax.modes.eval` decodes and gathers the figures; `report` turns them into report.md and
-PNG plots. `truncated_lm` makes a small LM drafter out of a target without any download.
+`ppow_jax.modes.eval` decodes; `parsing` reads its settings and prompt files, `statistics` turns
+decode results into per-category figures and speedups, `report` writes report.md and PNG plots.
+`truncated_lm` makes a small LM drafter out of a target without any download.
 """
 
 from __future__ import annotations

@@ -15,6 +15,18 @@ SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def rope_parameters(rope_theta: float, rope_llama3, rope_linear_factor) -> dict[str, Any]:
+  """config.json's `rope_parameters` (transformers' RoPE description) of a target or drafter."""
+  rope: dict[str, Any] = {"rope_theta": rope_theta, "rope_type": "default"}
+  if rope_llama3:
+    f, lo, hi, orig = rope_llama3
+    rope.update(rope_type="llama3", factor=f, low_freq_factor=lo, high_freq_factor=hi,
+                original_max_position_embeddings=orig)
+  elif rope_linear_factor:
+    rope.update(rope_type="linear", factor=rope_linear_factor)
+  return rope
+
+
 class ConfigError(UserError, ValueError):
   """A model configuration that ppow_jax cannot run, with the offending file and field."""
 
@@ -176,13 +188,7 @@ class ModelConfig:
     """The `config.json` transformers reads back into the same architecture."""
     arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
             "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.model_type]
-    rope: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_type": "default"}
-    if self.rope_llama3:
-      f, lo, hi, orig = self.rope_llama3
-      rope.update(rope_type="llama3", factor=f, low_freq_factor=lo, high_freq_factor=hi,
-                  original_max_position_embeddings=orig)
-    elif self.rope_linear_factor:
-      rope.update(rope_type="linear", factor=self.rope_linear_factor)
+    rope = rope_parameters(self.rope_theta, self.rope_llama3, self.rope_linear_factor)
     d = {
         "architectures": [arch], "model_type": self.model_type, "vocab_size": self.vocab_size,
         "hidden_size": self.hidden_size, "intermediate_size": self.intermediate_size,

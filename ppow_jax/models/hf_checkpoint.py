@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppow_jax import run_files
 from ppow_jax.models import safetensors_io
 from ppow_jax.models.config import ConfigError, ModelConfig
 from ppow_jax.models.transformer import Transformer, layer_param_shapes
@@ -68,19 +69,21 @@ def _tensor_index(path: str) -> dict[str, str]:
   raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
 
 
-class _Reader:
-  """Reads named tensors across shards, opening each shard once."""
+class TensorReader:
+  """The one reader of a checkpoint directory's safetensors (single file or shards with their
+  index), for targets and EAGLE-3 drafters alike: each shard opened (memory-mapped) once, a
+  missing shard or tensor named in the error."""
 
   def __init__(self, path):
     self.path = path
-    self.where = _tensor_index(path)
+    self.where = _tensor_index(path)  # tensor name -> the file that holds it
     self._open: dict[str, dict] = {}
 
   def has(self, name):
     return name in self.where
 
-  def view(self, name, shape, transpose):
-    """The tensor as a memory-mapped view in our layout (nothing is read yet), checked."""
+  def tensor(self, name) -> np.ndarray:
+    """The tensor as stored (a memory-mapped view: nothing is read yet)."""
     if name not in self.where:
       raise CheckpointError(f"{self.path}: missing tensor {name!r}")
     fname = self.where[name]
@@ -91,7 +94,12 @@ class _Reader:
       self._open[fname] = safetensors_io.load(fname)
     if name not in self._open[fname]:
       raise CheckpointError(f"{fname}: missing tensor {name!r}")
-    arr = self._open[fname][name]
+    return self._open[fname][name]
+
+  def view(self, name, shape, transpose):
+    """The tensor as a memory-mapped view in our layout (nothing is read yet), checked."""
+    arr = self.tensor(name)
+    fname = self.where[name]
     if arr.dtype.kind not in "f" and arr.dtype.name != "bfloat16":
       raise CheckpointError(f"{fname}: tensor {name!r} has unsupported dtype {arr.dtype}")
     if transpose:
@@ -120,7 +128,7 @@ class _Leaf:
 
 
 def _leaves(path: str, cfg: ModelConfig) -> dict:
-  reader = _Reader(path)
+  reader = TensorReader(path)
   dtype = np.dtype(cfg.jnp_dtype)
   h, v = cfg.hidden_size, cfg.vocab_size
   leaf = lambda name, shape, transpose: _Leaf([reader.view(name, shape, transpose)], False, dtype)
@@ -212,16 +220,9 @@ def save_model(model: Transformer, path: str, *, max_shard_bytes: int | None = N
       safetensors_io.save(os.path.join(path, fname), shard, {"format": "pt"})
       weight_map.update({k: fname for k in shard})
     total = sum(v.nbytes for v in tensors.values())
-    _write_json(os.path.join(path, "model.safetensors.index.json"),
-                {"metadata": {"total_size": total}, "weight_map": weight_map})
-  _write_json(os.path.join(path, "config.json"), model.cfg.to_hf_dict())
-
-
-def _write_json(fname, obj):
-  tmp = fname + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, fname)
+    run_files.write_json(os.path.join(path, "model.safetensors.index.json"),
+                         {"metadata": {"total_size": total}, "weight_map": weight_map})
+  run_files.write_json(os.path.join(path, "config.json"), model.cfg.to_hf_dict())
 
 
 def load_tokenizer(path: str):

@@ -13,6 +13,7 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from ppow_jax import run_files
 from ppow_jax.user_errors import UserError
 
 _DTYPES = {
@@ -70,7 +71,7 @@ def load(path: str, names=None) -> dict[str, np.ndarray]:
 
 
 def save(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None):
-  """Writes tensors atomically (temp file + rename), so a crash never leaves a half file."""
+  """Writes tensors atomically (`run_files.atomic_open`): a crash never leaves a half file."""
   header, offset, arrays = {}, 0, []
   for name, arr in tensors.items():
     arr = np.ascontiguousarray(np.asarray(arr))
@@ -84,10 +85,8 @@ def save(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | N
     header["__metadata__"] = metadata
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)  # Keeps the data section 8-byte aligned.
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
+  with run_files.atomic_open(path, "wb") as f:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for arr in arrays:
       f.write(arr.tobytes())
-  os.replace(tmp, path)

@@ -5,13 +5,14 @@
 
 Drafter parameters, optimizer state, the frozen target, d2t and the batch are abstract
 (`jax.ShapeDtypeStruct`s with their NamedShardings from the config's mesh and rules); the step is
-`make_ppow_step` jitted as `loop.run_loop` jits it (explicit in/out shardings, state donated) and
-compiled for a mesh with as many devices as the topology has chips. With dryrun.platform="cpu"
-those are simulated host devices: the mode sets their number before JAX starts its backend, or
-re-executes `python -m ppow_jax.main` with XLA_FLAGS=--xla_force_host_platform_device_count=N.
-Prints per-device memory (parameters, optimizer state and target from the shardings; arguments,
-outputs and temporaries, i.e. activations, from the compiled executable's memory_analysis()) and
-every parameter's sharding, and writes WORKDIR/dryrun.json. XLA:CPU's buffer assignment of the
+`make_ppow_step` jitted by `loop.jit_step`, the very function `loop.run_loop` trains with
+(explicit in/out shardings, state donated, the finite-weights check), and compiled for a mesh
+with as many devices as the topology has chips. With dryrun.platform="cpu" those are simulated
+host devices: the mode sets their number before JAX starts its backend, or re-executes
+`python -m ppow_jax.main` with XLA_FLAGS=--xla_force_host_platform_device_count=N. Prints
+per-device memory (parameters, optimizer state and target from the shardings; arguments, outputs
+and temporaries, i.e. activations, from the compiled executable's memory_analysis()) and every
+parameter's sharding, and writes WORKDIR/dryrun.json. XLA:CPU's buffer assignment of the
 same partitioned program is a guide to TPU HBM use, not a measurement of it.
 """
 
@@ -142,7 +143,7 @@ class Plan:
 
   def __init__(self, config, mesh):
     from ppow_jax.modes import ppow as ppow_mode
-    from ppow_jax.training import drafter_run, loop
+    from ppow_jax.training import drafter_init, loop
 
     self.mesh = mesh
     self.rules = sharding.rules_from_config(config)
@@ -153,7 +154,7 @@ class Plan:
                                              self.rules)
     self.drafter_sh = sharding.tree_shardings(self.drafter, e3.LOGICAL_AXES, mesh, self.rules)
     self.settings = ppow_mode.settings_from_config(config)
-    self.optimizer = drafter_run.make_optimizer(config.optim, config.train.num_steps)
+    self.optimizer = drafter_init.make_optimizer(config.optim, config.train.num_steps)
     self.state_sh = loop.state_shardings(self.optimizer, self.drafter, self.drafter_sh, mesh)
     self.opt_state = jax.eval_shape(self.optimizer.init, self.drafter)
     b, t = int(config.train.batch_size), int(config.data.seq_len)
@@ -180,20 +181,19 @@ class Plan:
             + param_table(self.target, self.target_sh, "target"))
 
   def lower(self, step_fn=None):
-    """The jitted step lowered on abstract, sharded arguments (as loop.run_loop jits it).
+    """The training loop's jitted step (`loop.jit_step`, the function `loop.run_loop` runs)
+    lowered on abstract, sharded arguments; it returns (state, (metrics, finite)).
 
     step_fn: any (state, target_params, d2t, batch, rng) -> (state, metrics) over this plan's
-    shapes, e.g. the token-level step (`modes.sft.make_train_step`); default the PPOW step.
+    shapes, e.g. the token-level step (`eagle3.train_step.make_train_step`); default the PPOW step.
     """
     from ppow_jax.ppow.step import make_ppow_step
+    from ppow_jax.training import loop
 
     repl = sharding.replicated(self.mesh)
     if step_fn is None:
       step_fn = make_ppow_step(self.tcfg, self.dcfg, self.optimizer, self.settings, self.capacity)
-    jitted = jax.jit(
-        step_fn, donate_argnums=(0,),
-        in_shardings=(self.state_sh, self.target_sh, repl, self.batch_sh, None),
-        out_shardings=(self.state_sh, None))
+    jitted = loop.jit_step(step_fn, self.state_sh, (self.target_sh, repl), self.batch_sh)
     state = {"params": self.drafter, "opt_state": self.opt_state,
              "step": jax.ShapeDtypeStruct((), jnp.int32)}
     state = _with_sharding(state, self.state_sh)

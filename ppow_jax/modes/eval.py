@@ -17,9 +17,7 @@ until the report is written, so rerunning the same command after an interruption
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import math
 import os
 
 from absl import logging
@@ -29,107 +27,13 @@ from ppow_jax.data import prompts as prompt_files
 from ppow_jax.decoding import runner, sampling
 from ppow_jax.decoding import tree as draft_tree
 from ppow_jax.decoding.drafter_io import DrafterMismatchError, load_drafter
-from ppow_jax.evaluation import report
+from ppow_jax.evaluation import parsing, report, statistics
+from ppow_jax.evaluation.parsing import EvalSetupError
 from ppow_jax.models import hf_checkpoint, transformer
 from ppow_jax.progress import Progress
-from ppow_jax.user_errors import UserError
 
 AUTOREGRESSIVE = report.AUTOREGRESSIVE
 PARTIAL = "eval.partial.jsonl"  # the batches decoded so far, while a run is unfinished
-
-
-class EvalSetupError(UserError, ValueError):
-  """A bad eval config, benchmark or drafter, found before decoding; the message names it."""
-
-
-def _split(value) -> list[str]:
-  """Items of a comma-separated string (or a list/tuple/number), stripped, blanks dropped."""
-  if value is None:
-    return []
-  items = [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).split(",")
-  return [s.strip() for s in items if s.strip()]
-
-
-def parse_numbers(field: str, value, kind, minimum) -> list:
-  """`kind` values (int or float) >= minimum from a comma-separated config field, in order."""
-  out = []
-  for s in _split(value):
-    try:
-      x = kind(float(s)) if kind is float else int(s)
-    except ValueError:
-      what = "an int" if kind is int else "a number"
-      raise EvalSetupError(f"{field}: {s!r} is not {what}") from None
-    if not math.isfinite(x):
-      raise EvalSetupError(f"{field}: {s!r} is not a finite number")
-    if x < minimum:
-      raise EvalSetupError(f"{field}: {s!r} is below the minimum {minimum}")
-    if x not in out:
-      out.append(x)
-  return out
-
-
-def parse_drafters(spec) -> dict[str, str]:
-  """'name=path,name=path' -> {name: path}; a bare path is named after its last component."""
-  out: dict[str, str] = {}
-  for item in _split(spec):
-    name, sep, path = item.partition("=")
-    if not sep:
-      name, path = os.path.basename(os.path.normpath(item)), item
-    name, path = name.strip(), path.strip()
-    if not name or not path:
-      raise EvalSetupError(f"config.drafters: entry {item!r} is not 'name=path'")
-    if name == AUTOREGRESSIVE:
-      raise EvalSetupError(f"config.drafters: the name {AUTOREGRESSIVE!r} is reserved for the "
-                           "baseline, which is always included")
-    if "|" in name:
-      raise EvalSetupError(f"config.drafters: name {name!r} may not contain '|'")
-    if name in out:
-      raise EvalSetupError(f"config.drafters: name {name!r} given twice")
-    out[name] = path
-  return out
-
-
-def parse_trees(tree_field: str, tree_value, sweep_field: str, sweep_value):
-  """(TreeSpec or None, [num_nodes of the sweep]) from "depth,topk,num_nodes" and "n,n,..";
-  every swept tree is validated, errors name the field."""
-  try:
-    tree = draft_tree.parse(tree_field, tree_value)
-  except ValueError as e:
-    raise EvalSetupError(str(e)) from None
-  sweep = parse_numbers(sweep_field, sweep_value, int, 2)
-  if sweep and tree is None:
-    raise EvalSetupError(f"{sweep_field}={sweep_value!r} needs {tree_field} (its depth and topk)")
-  for n in sweep:
-    try:
-      draft_tree.TreeSpec(tree.depth, tree.topk, n)
-    except ValueError as e:
-      raise EvalSetupError(f"{sweep_field}: {e}") from None
-  return tree, sorted(sweep)
-
-
-def tree_row(name: str, tree) -> str:
-  """report.json's row name of a drafter decoded with a tree."""
-  return f"{name} tree {tree}"
-
-
-def load_benchmarks(paths: list[str], categories: list[str],
-                    limit_per_category: int | None) -> list[prompt_files.Prompt]:
-  """The prompts of every file (each must load), filtered to `categories` (all if empty), then the
-  first `limit_per_category` of each category (over all files), grouped by category."""
-  if not paths:
-    raise EvalSetupError("config.data.benchmarks is empty: give comma-separated prompt files")
-  prompts = []
-  for path in paths:
-    prompts.extend(prompt_files.load_prompts(path))  # PromptFileError names the file and line
-  present = list(dict.fromkeys(p.category for p in prompts))
-  if categories:
-    missing = [c for c in categories if c not in present]
-    if missing:
-      raise EvalSetupError(f"config.data.categories: {missing} not in {', '.join(paths)}; "
-                           f"found {present}")
-    present = categories
-  by_cat = {c: [p for p in prompts if p.category == c] for c in present}
-  return [p for c in present for p in by_cat[c][:limit_per_category]]
 
 
 def load_drafters(specs: dict[str, str], target_cfg, target_params) -> dict:
@@ -145,66 +49,28 @@ def load_drafters(specs: dict[str, str], target_cfg, target_params) -> dict:
   return out
 
 
-def _stats(results: list[runner.DecodeResult], window: int) -> dict:
-  """One category's figures: tau, tokens/s, counts and the accept-length histogram (1..K+1)."""
-  s = runner.summarize(results, ["all"] * len(results))
-  counts = collections.Counter(a for r in results for a in r.accept_lengths)
-  top = max([window + 1, *counts])
-  return {
-      "tau": s["mean_accept_length"], "tokens_per_second": s["tokens_per_second"],
-      "num_prompts": s["num_prompts"], "num_tokens": s["num_tokens"], "num_steps": s["num_steps"],
-      "seconds": sum(r.seconds / r.batch_rows for r in results),
-      "accept_length_histogram": {str(k): counts.get(k, 0) for k in range(1, top + 1)},
-  }
-
-
-def _with_speedups(per_cat: dict, baseline: dict) -> dict:
-  """Adds speedups over `baseline` (the autoregressive per-category stats), the category mean
-  and the pooled overall figures."""
-  for c, st in per_cat.items():
-    base = baseline[c]["tokens_per_second"]
-    st["speedup"] = st["tokens_per_second"] / base if base else 0.0
-  n = len(per_cat)
-  mean = {k: sum(st[k] for st in per_cat.values()) / n
-          for k in ("tau", "tokens_per_second", "speedup")}
-  hist = collections.Counter()
-  for st in per_cat.values():
-    hist.update({int(k): v for k, v in st["accept_length_histogram"].items()})
-  steps = sum(st["num_steps"] for st in per_cat.values())
-  toks = sum(st["num_tokens"] for st in per_cat.values())
-  secs = sum(st["seconds"] for st in per_cat.values())
-  base_toks = sum(b["num_tokens"] for b in baseline.values())
-  base_secs = sum(b["seconds"] for b in baseline.values())
-  tps = toks / secs if secs else 0.0
-  base_tps = base_toks / base_secs if base_secs else 0.0
-  overall = {
-      "tau": sum(k * v for k, v in hist.items()) / max(steps, 1), "tokens_per_second": tps,
-      "speedup": tps / base_tps if base_tps else 0.0, "num_tokens": toks, "num_steps": steps,
-      "seconds": secs, "accept_length_histogram": {str(k): hist[k] for k in sorted(hist)}}
-  return {"categories": per_cat, "mean": mean, "overall": overall}
-
-
 def run(config, workdir: str):
   # --- Everything that can be wrong is found here, before any decoding. ---
   if not config.target.path:
     raise EvalSetupError("config.target.path is empty: give a Hugging Face checkpoint directory")
-  temperatures = parse_numbers("config.eval.temperatures", config.eval.temperatures, float, 0.0)
+  temperatures = parsing.parse_numbers("config.eval.temperatures", config.eval.temperatures,
+                                       float, 0.0)
   if not temperatures:
     raise EvalSetupError("config.eval.temperatures is empty")
-  window = parse_numbers("config.eval.window", config.eval.window, int, 0)[0]
-  windows = sorted(parse_numbers("config.eval.windows", config.eval.windows, int, 1))
-  tree, tree_nodes = parse_trees("config.eval.tree", config.eval.get("tree", ""),
-                                 "config.eval.tree_num_nodes",
-                                 config.eval.get("tree_num_nodes", ""))
+  window = parsing.parse_numbers("config.eval.window", config.eval.window, int, 0)[0]
+  windows = sorted(parsing.parse_numbers("config.eval.windows", config.eval.windows, int, 1))
+  tree, tree_nodes = parsing.parse_trees("config.eval.tree", config.eval.get("tree", ""),
+                                         "config.eval.tree_num_nodes",
+                                         config.eval.get("tree_num_nodes", ""))
   tree_only = window == 0  # the drafters decode as eval.tree only, in rows named as they are
   if tree_only and tree is None:
     raise EvalSetupError("config.eval.window=0 (drafters decode as a tree only) needs "
                          "config.eval.tree ('depth,topk,num_nodes')")
-  specs = parse_drafters(config.drafters)
-  categories = _split(config.data.categories)
+  specs = parsing.parse_drafters(config.drafters)
+  categories = parsing.split(config.data.categories)
   limit = config.data.limit_per_category or None
-  benchmarks = _split(config.data.benchmarks)
-  prompts = load_benchmarks(benchmarks, categories, limit)
+  benchmarks = parsing.split(config.data.benchmarks)
+  prompts = parsing.load_benchmarks(benchmarks, categories, limit)
   target = hf_checkpoint.load_model(config.target.path, dtype=config.target.dtype or None)
   tparams = transformer.unstack(target.params())  # decode layout, made once
   drafters = load_drafters(specs, target.cfg, tparams)
@@ -275,7 +141,7 @@ def run(config, workdir: str):
       for name, temperature, k, tree in jobs:
         kk, drafter = key(name, temperature, k, tree), drafters.get(name)
         longest = (tree.depth if tree else k) if drafter is not None else 0
-        per_job[kk][c] = _stats(found[kk], longest)
+        per_job[kk][c] = statistics.category_stats(found[kk], longest)
         outputs[kk] = outputs.get(kk, []) + [r.output_token_ids for r in found[kk]]
     return per_job
 
@@ -313,22 +179,23 @@ def run(config, workdir: str):
                for name in drafters for n in tree_sweep]
     stats = decode(jobs)
     base = stats[key(AUTOREGRESSIVE, t, 0)]
-    row = {AUTOREGRESSIVE: {"window": 0, "tree": None, **_with_speedups(base, base)}}
+    row = {AUTOREGRESSIVE: {"window": 0, "tree": None, **statistics.with_speedups(base, base)}}
     for name in drafters:
       if tree_only:
         row[name] = {"window": 0, "tree": str(tree),
-                     **_with_speedups(stats[key(name, t, 0, tree)], base)}
+                     **statistics.with_speedups(stats[key(name, t, 0, tree)], base)}
       else:
         row[name] = {"window": window, "tree": None,
-                     **_with_speedups(stats[key(name, t, window)], base)}
+                     **statistics.with_speedups(stats[key(name, t, window)], base)}
       if t == 0:  # Greedy speculative decoding is lossless: every output must be the same.
         row[name]["identical_to_autoregressive"] = identical(
             name, t, str(tree) if tree_only else window)
       logging.info("T=%g %s: tau %.3f speedup %.2fx", t, name, row[name]["mean"]["tau"],
                    row[name]["mean"]["speedup"])
       if tree and not tree_only:
-        r = row[tree_row(name, tree)] = {"window": 0, "tree": str(tree),
-                                         **_with_speedups(stats[key(name, t, 0, tree)], base)}
+        r = row[parsing.tree_row(name, tree)] = {
+            "window": 0, "tree": str(tree),
+            **statistics.with_speedups(stats[key(name, t, 0, tree)], base)}
         logging.info("T=%g %s tree %s: tau %.3f speedup %.2fx", t, name, tree, r["mean"]["tau"],
                      r["mean"]["speedup"])
         if t == 0:
@@ -336,16 +203,16 @@ def run(config, workdir: str):
     results[report.temperature_key(t)] = row
     if first and tree_nodes and drafters:
       for name in drafters:
-        main = row[name if tree_only else tree_row(name, tree)]
+        main = row[name if tree_only else parsing.tree_row(name, tree)]
         tree_results[name] = {
-            str(n): (_with_speedups(stats[key(name, t, 0, draft_tree.TreeSpec(
+            str(n): (statistics.with_speedups(stats[key(name, t, 0, draft_tree.TreeSpec(
                 tree.depth, tree.topk, n))], base) if n != tree.num_nodes
                      else {key: main[key] for key in figures})
             for n in tree_nodes}
     if first and windows and drafters:
       for name in drafters:
         sweep_results[name] = {
-            str(k): (_with_speedups(stats[key(name, t, k)], base) if k != window
+            str(k): (statistics.with_speedups(stats[key(name, t, k)], base) if k != window
                      else {key: row[name][key] for key in figures})
             for k in windows}
   bar.close()

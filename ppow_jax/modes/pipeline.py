@@ -204,10 +204,10 @@ class Drafting(NamedTuple):
 
 def _drafting_candidates(choice) -> tuple[list[int], Any, list[int]]:
   """(chain lengths K, the TreeSpec or None, its num_nodes candidates) of config.window_choice."""
-  from ppow_jax.modes import eval as eval_mode
-  chains = sorted(eval_mode.parse_numbers("config.window_choice.candidates", choice.candidates,
-                                          int, 1))
-  tree, nodes = eval_mode.parse_trees(
+  from ppow_jax.evaluation import parsing
+  chains = sorted(parsing.parse_numbers("config.window_choice.candidates", choice.candidates,
+                                        int, 1))
+  tree, nodes = parsing.parse_trees(
       "config.window_choice.tree", choice.get("tree", ""), "config.window_choice.tree_num_nodes",
       choice.get("tree_num_nodes", ""))
   return chains, tree, sorted({*nodes, tree.num_nodes}) if tree else []
@@ -310,10 +310,10 @@ def _heldout_prompt_file(sft_cfg, target_path: str, path: str):
   sampled from BOS, prompts decoded from the held-out self-distillation data."""
   from ppow_jax.data import selfdistill
   from ppow_jax.models import hf_checkpoint
-  from ppow_jax.training import drafter_run
+  from ppow_jax.training import data_feed
   d = sft_cfg.data
   if d.get("conversations"):  # the held-out conversations' first user turns
-    convs = drafter_run.training_conversations(sft_cfg)
+    convs = data_feed.training_conversations(sft_cfg)
     held = convs[len(convs) - d.num_heldout:][:sft_cfg.eval.num_prompts]
     run_files.write_jsonl(path, [{"id": f"heldout/{c.id}", "category": "heldout",
                                   "prompt": c.user_turns[0]} for c in held])
@@ -321,7 +321,7 @@ def _heldout_prompt_file(sft_cfg, target_path: str, path: str):
     return
   if d.prompts or d.get("synthesize", 0):
     # Cached by the data stage, so the target is not needed to read them back.
-    prompts = drafter_run.training_prompts(sft_cfg, None, d.dir)[:d.num_samples or None]
+    prompts = data_feed.training_prompts(sft_cfg, None, d.dir)[:d.num_samples or None]
     held = prompts[len(prompts) - d.num_heldout:][:sft_cfg.eval.num_prompts]
     run_files.write_jsonl(path, [{"id": f"heldout/{p.id}", "category": "heldout",
                                   "prompt": p.turns[0]} for p in held])

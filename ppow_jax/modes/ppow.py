@@ -17,7 +17,7 @@ from ppow_jax.data.selfdistill import SequenceData
 from ppow_jax.decoding import step_cost
 from ppow_jax.eagle3.engine_adapter import Eagle3EngineDrafter
 from ppow_jax.ppow.step import PPOWSettings, make_ppow_step
-from ppow_jax.training import drafter_run
+from ppow_jax.training import data_feed, drafter_init, drafter_run
 from ppow_jax.user_errors import ConfigValueError
 
 
@@ -50,8 +50,8 @@ def run(config, workdir: str):
                            "drafter (an SFT run's export/ directory or an imported EAGLE-3 "
                            "checkpoint)")
   target, start = drafter_run.prepare_start(config, workdir)  # init_from checked before the data
-  train, heldout = drafter_run.prepare_data(config, target, workdir)
-  drafter = drafter_run.init_drafter(config, target, train, start)
+  train, heldout = data_feed.prepare_data(config, target, workdir)
+  drafter = drafter_init.init_drafter(config, target, train, start)
   s = settings_from_config(config, resolve_gamma(config, target, drafter, workdir))
   t = config.train
   data = SequenceData(train, seq_len=config.data.seq_len, batch_size=t.batch_size, seed=config.seed)

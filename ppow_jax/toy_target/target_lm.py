@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import flax.nnx as nnx
 import jax
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ppow_jax import run_files
 from ppow_jax.models import hf_checkpoint, transformer
 from ppow_jax.models.config import ModelConfig
 from ppow_jax.toy_target import corpus
@@ -152,11 +153,11 @@ def train_tokenizer(docs: Sequence[str], vocab_size: int, out_dir: str, *,
   os.makedirs(out_dir, exist_ok=True)
   tok.save(os.path.join(out_dir, "tokenizer.json"))
   specials = {"bos_token": BOS, "eos_token": EOS, "unk_token": UNK}
-  _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+  run_files.write_json(os.path.join(out_dir, "tokenizer_config.json"), {
       "tokenizer_class": "PreTrainedTokenizerFast", **specials, "add_bos_token": True,
       "add_eos_token": False, "clean_up_tokenization_spaces": False,
       "model_max_length": model_max_length})
-  _write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
+  run_files.write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
   return tok
 
 
@@ -326,13 +327,6 @@ def greedy_continue(cfg: ModelConfig, params: dict, prompt_ids: Sequence[int],
   return out[:out.index(EOS_ID) + 1] if EOS_ID in out else out
 
 
-def _write_json(fname: str, obj: Any):
-  tmp = fname + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, fname)
-
-
 def _remove_stale_tmp_dirs(out_dir: str):
   """Deletes `<out_dir>.tmp-<pid>` directories whose process is gone (killed earlier runs)."""
   parent, base = os.path.split(os.path.abspath(out_dir))
@@ -475,7 +469,8 @@ def train_target(settings: TargetLMSettings, out_dir: str, *, progress: bool = T
       "total_s": round(time.time() - t_start, 2),
       "samples": samples,
   }
-  _write_json(os.path.join(tmp, DONE_FILE), summary)  # Last file: marks the directory complete.
+  # Last file: marks the directory complete.
+  run_files.write_json(os.path.join(tmp, DONE_FILE), summary)
   try:
     os.rename(tmp, out_dir)
   except OSError:

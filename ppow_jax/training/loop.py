@@ -42,6 +42,26 @@ def init_state(optimizer, params, param_shardings, mesh):
   return jax.device_put(state, shardings), shardings
 
 
+def jit_step(step_fn: Callable, state_shardings: Any, const_shardings: tuple, batch_sharding: Any):
+  """The step as the loop runs it: `step_fn` also reporting whether the updated weights are all
+  finite, jitted with explicit in/out shardings and the state donated. The dry run lowers this
+  very function, so what it compiles is what trains.
+
+  Returns jitted(state, *const_args, batch, rng) -> (state, (metrics, finite)).
+  """
+
+  def guarded_step(state, *args):
+    state, metrics = step_fn(state, *args)
+    leaves = jax.tree.leaves(state["params"])
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    return state, (metrics, finite)
+
+  return jax.jit(
+      guarded_step, donate_argnums=(0,),
+      in_shardings=(state_shardings, *const_shardings, batch_sharding, None),
+      out_shardings=(state_shardings, None))
+
+
 def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args: tuple,
              const_shardings: tuple, get_batch: Callable[[int], Any], batch_sharding: Any,
              num_steps: int, seed: int, ckpt: Checkpointer, writer: MetricWriter,
@@ -67,16 +87,7 @@ def run_loop(step_fn: Callable, state: Any, state_shardings: Any, *, const_args:
   if lead:
     writer.truncate_after(start)
 
-  def guarded_step(state, *args):  # Also reports whether the updated weights are all finite.
-    state, metrics = step_fn(state, *args)
-    leaves = jax.tree.leaves(state["params"])
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-    return state, (metrics, finite)
-
-  jitted = jax.jit(
-      guarded_step, donate_argnums=(0,),
-      in_shardings=(state_shardings, *const_shardings, batch_sharding, None),
-      out_shardings=(state_shardings, None))
+  jitted = jit_step(step_fn, state_shardings, const_shardings, batch_sharding)
   base_rng = jax.random.key(seed)
   bar = Progress(num_steps, desc, initial=start, enabled=lead)
   t_start, cpu_start = time.perf_counter(), time.process_time()

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from ppow_jax import run_files
 from ppow_jax.user_errors import UserError
 
 
@@ -49,10 +50,8 @@ class MetricWriter:
       return
     with open(self.path) as f:
       rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
+    with run_files.atomic_open(self.path) as f:
       f.writelines(rows)
-    os.replace(tmp, self.path)
 
   def close(self):
     if self._tb is not None:
