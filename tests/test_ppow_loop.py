@@ -416,12 +416,12 @@ def test_policy_coef_scales_only_the_rl_term(start):
   else; its policy_loss metric is the scaled term."""
   # No warm-up: the first update is taken at the full learning rate (warm-up starts at 0).
   config = _config("ppow", {**start["base"], "ppow.ppo_epochs": 1, "optim.warmup_steps": 0})
-  target = drafter_run.load_target(config)
+  target = startup.load_target(config)
   drafter = load_eagle3(config.drafter.init_from, target.cfg)
   records = selfdistill.load(config.data.dir, "train")
   batch = jax.tree.map(jnp.asarray,
                        selfdistill.SequenceData(records, seq_len=32, batch_size=8, seed=0).batch(0))
-  opt = drafter_run.make_optimizer(config.optim, 10)
+  opt = drafter_init.make_optimizer(config.optim, 10)
   params, tp, d2t = drafter.params(), target.params(), drafter.d2t[...]
   state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
   base = dataclasses.replace(ppow_mode.settings_from_config(config), beta=0.0, aux_coef=0.0)
