@@ -170,9 +170,10 @@ def evaluate(a, drafters: dict[str, str]):
   return out
 
 
-def bootstrap(evals: dict, groups: dict[str, list[str]], setting: str, reps: int, seed: int = 0):
+def bootstrap(evals: dict, groups: dict[str, list[str]], setting: str, reps: int, seed: int = 0,
+              baseline: str = BASELINE):
   """tau per arm (mean over its seeds of total accepted / total steps) with a 95% interval, and
-  each arm's difference to the baseline; prompts resampled once per replicate for all arms
+  each arm's difference to `baseline`; prompts resampled once per replicate for all arms
   (paired), seeds resampled within each arm."""
   rng = np.random.RandomState(seed)
   n = len(next(iter(evals.values()))[setting]["steps"])
@@ -193,21 +194,21 @@ def bootstrap(evals: dict, groups: dict[str, list[str]], setting: str, reps: int
     seeds = [acc[r].sum() / stp[r].sum() for r in runs]
     row = {"tau": point[g], "ci": list(np.percentile(draws[g], [2.5, 97.5])), "seeds": len(runs),
            "seed_std": float(np.std(seeds, ddof=1)) if len(runs) > 1 else 0.0}
-    if BASELINE in groups and g != BASELINE:
-      d = draws[g] - draws[BASELINE]
-      rel = draws[g] / draws[BASELINE] - 1
-      row["diff"] = point[g] - point[BASELINE]
+    if baseline in groups and g != baseline:
+      d = draws[g] - draws[baseline]
+      rel = draws[g] / draws[baseline] - 1
+      row["diff"] = point[g] - point[baseline]
       row["diff_ci"] = list(np.percentile(d, [2.5, 97.5]))
-      row["rel"] = point[g] / point[BASELINE] - 1
+      row["rel"] = point[g] / point[baseline] - 1
       row["rel_ci"] = list(np.percentile(rel, [2.5, 97.5]))
     out[g] = row
   return out
 
 
-def table(stats: dict, order: list[str], settings_: list[str]) -> str:
+def table(stats: dict, order: list[str], settings_: list[str], baseline: str = BASELINE) -> str:
   lines = []
   for s in settings_:
-    lines += [f"**{s}**", "", "| drafter | seeds | tau [95% CI] | vs token-level [95% CI] |",
+    lines += [f"**{s}**", "", f"| drafter | seeds | tau [95% CI] | vs {baseline} [95% CI] |",
               "| --- | --- | --- | --- |"]
     for g in order:
       r = stats[s].get(g)
@@ -316,6 +317,8 @@ def main():
                   help="evaluate the drafters last to first (a second process beside a first)")
   ap.add_argument("--finished_only", action="store_true",
                   help="train nothing: evaluate and report the runs that finished")
+  ap.add_argument("--also_vs", default="", help="comma-separated arms to compare every arm "
+                  "against too (e.g. PPOW: each PPOW variant against PPOW), in table.md")
   ap.add_argument("--out", required=True)
   a = ap.parse_args()
   a.windows = [int(k) for k in a.windows.split(",")]
@@ -356,11 +359,18 @@ def main():
         f"{a.max_new_tokens} new tokens; {a.cpu_minutes:g} CPU minutes of training per run "
         f"(mean steps: " + ", ".join(f"{g} {s:.0f}" for g, s in steps.items()) + ")\n"
         "`*`: the 95% interval of the difference excludes 0.\n\n" + md)
+  vs = {}
+  for ref in (x.strip() for x in a.also_vs.split(",") if x.strip()):
+    if ref not in groups:
+      raise SystemExit(f"--also_vs {ref!r}: no such arm among {sorted(groups)}")
+    vs[ref] = {s: bootstrap(evals, groups, s, a.bootstrap, baseline=ref) for s in names}
+    md += f"\n## Against {ref} (same bootstrap, paired over prompts)\n\n" + table(
+        vs[ref], [g for g in order if g != "start"], names, baseline=ref)
   with open(os.path.join(a.out, "table.md"), "w") as f:
     f.write(md)
   with open(os.path.join(a.out, "results.json"), "w") as f:
     json.dump({"args": {k: v for k, v in vars(a).items()}, "runs": results, "mean_steps": steps,
-               "stats": stats}, f, indent=1)
+               "stats": stats, "stats_vs": vs}, f, indent=1)
   plot_tau(stats, order, names, os.path.join(a.out, "tau.png"))
   ppow_runs = {g: os.path.join(a.out, "runs", slug(g, 0)) for g in all_arms if "PPOW" in g
                or g not in (BASELINE, "token-level LK")}

@@ -30,3 +30,17 @@ def test_tau_is_total_accepted_over_total_steps_not_a_mean_of_ratios():
   evals = {"x": _eval([10, 2], [2, 2])}
   out = study.bootstrap(evals, {"x": ["x"]}, "s", reps=10)
   assert out["x"]["tau"] == pytest.approx(12 / 4)
+
+
+def test_any_arm_can_be_the_reference_and_differences_flip_sign():
+  r = np.random.RandomState(1)
+  steps = r.randint(20, 40, 100)
+  acc = steps * 3 + r.randint(-10, 10, 100)
+  evals = {"a": _eval(acc, steps), "b": _eval(acc + steps // 10, steps)}
+  groups = {study.BASELINE: ["a"], "PPOW": ["b"]}
+  vs_base = study.bootstrap(evals, groups, "s", reps=200)
+  vs_ppow = study.bootstrap(evals, groups, "s", reps=200, baseline="PPOW")
+  assert "diff" not in vs_ppow["PPOW"] and "diff" in vs_ppow[study.BASELINE]
+  assert vs_ppow[study.BASELINE]["diff"] == pytest.approx(-vs_base["PPOW"]["diff"])
+  assert vs_ppow[study.BASELINE]["diff_ci"][1] < 0  # the baseline is resolved below PPOW
+  assert "vs PPOW" in study.table({"s": vs_ppow}, [study.BASELINE, "PPOW"], ["s"], "PPOW")
