@@ -168,3 +168,57 @@ def chisquare_pvalues(tokens, joint):
         e[np.argmin(e)] += expect[~big].sum()
     out.append(stats.chisquare(o, e * o.sum() / e.sum()).pvalue)
   return out
+
+
+# --- The command line in this process -----------------------------------------------------------
+
+class MainResult:
+  """What `python -m ppow_jax.main ARGS` ended with: returncode, stdout, stderr (as from
+  subprocess.run)."""
+
+  def __init__(self, returncode, stdout, stderr):
+    self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def main_in_process(capfd, *args, env=None):
+  """`python -m ppow_jax.main ARGS` in this process, as absl's app.run runs it: the flags parsed
+  by cli.parse_flags (the real command line's parser), then main; its exit status (SystemExit)
+  and everything written to file descriptors 1 and 2 (capfd). Costs no interpreter and no jax
+  start-up. `env` replaces os.environ for the call (less XLA_FLAGS and PPOW_DEBUG, as the
+  subprocess tests give the child). Tests about a process (signals, exit of the real interpreter)
+  run it in a subprocess instead."""
+  import signal
+  import sys
+
+  from absl import flags
+
+  from ppow_jax import cli
+  from ppow_jax import main as entry  # defines --config, --workdir, --debug (once)
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  argv = ["ppow_jax.main", *map(str, args)]
+  fl = flags.FLAGS
+  capfd.readouterr()  # what earlier code printed is not this command's
+  sigterm = signal.getsignal(signal.SIGTERM)
+  with pytest.MonkeyPatch.context() as mp:
+    for key in set(os.environ) - set(env or os.environ):
+      mp.delenv(key)
+    for key, value in (env or {}).items():
+      mp.setenv(key, value)
+    for key in ("XLA_FLAGS", "PPOW_DEBUG"):
+      mp.delenv(key, raising=False)
+    mp.chdir(root)
+    mp.setattr(sys, "argv", argv)  # ml_collections reads the --config.a.b overrides from sys.argv
+    # The watchdog turns a signal into os._exit after a grace period: never in the test process.
+    mp.setattr(cli, "_watch_signals", lambda: None)
+    try:
+      status = entry.main(cli.parse_flags(argv))
+    except SystemExit as e:
+      status = e.code
+    finally:
+      signal.signal(signal.SIGTERM, sigterm)
+      for name in [n for n in fl if n.startswith("config.")]:
+        delattr(fl, name)  # the overrides are defined per parse, against its config
+      fl.unparse_flags()
+  out = capfd.readouterr()
+  return MainResult(0 if status is None else status, out.out, out.err)
