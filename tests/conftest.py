@@ -184,9 +184,10 @@ def main_in_process(capfd, *args, env=None):
   """`python -m ppow_jax.main ARGS` in this process, as absl's app.run runs it: the flags parsed
   by cli.parse_flags (the real command line's parser), then main; its exit status (SystemExit)
   and everything written to file descriptors 1 and 2 (capfd). Costs no interpreter and no jax
-  start-up. `env` replaces os.environ for the call (less XLA_FLAGS and PPOW_DEBUG, as the
-  subprocess tests give the child). Tests about a process (signals, exit of the real interpreter)
-  run it in a subprocess instead."""
+  start-up. The environment is this one less PPOW_DEBUG, plus `env` (extra variables) for the
+  call. An error that is not the user's (or any, under --debug / PPOW_DEBUG=1) propagates as the
+  exception. Tests about a process (signals, tracebacks, exit of the real interpreter) run it in a
+  subprocess instead."""
   import signal
   import sys
 
@@ -201,12 +202,9 @@ def main_in_process(capfd, *args, env=None):
   capfd.readouterr()  # what earlier code printed is not this command's
   sigterm = signal.getsignal(signal.SIGTERM)
   with pytest.MonkeyPatch.context() as mp:
-    for key in set(os.environ) - set(env or os.environ):
-      mp.delenv(key)
+    mp.delenv("PPOW_DEBUG", raising=False)
     for key, value in (env or {}).items():
       mp.setenv(key, value)
-    for key in ("XLA_FLAGS", "PPOW_DEBUG"):
-      mp.delenv(key, raising=False)
     mp.chdir(root)
     mp.setattr(sys, "argv", argv)  # ml_collections reads the --config.a.b overrides from sys.argv
     # The watchdog turns a signal into os._exit after a grace period: never in the test process.

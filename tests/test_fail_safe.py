@@ -55,7 +55,8 @@ def _main(*args, prelude=None, env=None, jax_cache=None):
   env = {k: v for k, v in (env or os.environ).items() if k not in ("XLA_FLAGS", "PPOW_DEBUG")}
   env.update(JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1")
   if jax_cache:
-    env.update(JAX_COMPILATION_CACHE_DIR=str(jax_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.update(JAX_COMPILATION_CACHE_DIR=str(jax_cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   # A shell that started the tests in the background (`cmd &`) leaves SIGINT ignored, and the
   # child would inherit that; the interruption tests need Ctrl-C's default meaning.
   return subprocess.run([*cmd, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
@@ -165,7 +166,7 @@ def test_a_model_cache_under_a_file_is_named(tmp_path, capfd):
             f"error: config.cache_dir={a_file / 'cache'}: the model cache cannot be made: {a_file} "
             "is a file")
   _one_line(_here(capfd, "--config", "configs/fetch.py", "--workdir", tmp_path / "f",
-                  env={**os.environ, "PPOW_JAX_CACHE": str(a_file)}), 2,
+                  env={"PPOW_JAX_CACHE": str(a_file)}), 2,
             f"error: PPOW_JAX_CACHE={a_file}: the model cache is a file, not a directory")
 
 
