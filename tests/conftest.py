@@ -9,23 +9,11 @@ only; `pytest tests` runs everything.
 
 import itertools
 import os
-import shutil
-import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent compilation cache for the whole session: a program compiled once (in any test,
-# either xdist worker, or a command-line subprocess, which inherit this environment) is loaded,
-# not compiled again, wherever the same program recurs (every sft.run / ppow.run builds its
-# step afresh, so jax's in-memory cache never sees the repeat). The programs are the same; only
-# XLA's compile time is saved. Made by the first process that loads this file (the xdist
-# controller, before it starts the workers) and removed when that process ends its session.
-_OWN_XLA_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
-if _OWN_XLA_CACHE:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="ppow_jax_tests_xla_cache_")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import flax.nnx as nnx  # noqa: E402
 import jax  # noqa: E402
@@ -40,11 +28,6 @@ from ppow_jax.eagle3 import Eagle3Drafter, build_vocab_maps  # noqa: E402
 from ppow_jax.models import transformer  # noqa: E402
 from ppow_jax.models.config import ModelConfig  # noqa: E402
 from ppow_jax.models.hf_checkpoint import load_model  # noqa: E402
-
-
-def pytest_sessionfinish(session):
-  if _OWN_XLA_CACHE and not hasattr(session.config, "workerinput"):
-    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
