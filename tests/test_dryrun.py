@@ -6,12 +6,12 @@ import importlib.util
 import json
 import math
 import pathlib
+import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import main_in_process
 from jax.sharding import AbstractMesh
 
 from ppow_jax.modes import dryrun
@@ -157,13 +157,14 @@ def test_too_few_devices_is_explained():
   np.testing.assert_equal(dryrun.required_devices(load("llama33_70b")), 32)
 
 
-def test_command_line_selects_topology_and_overrides_its_mesh(tmp_path, capfd):
+@pytest.mark.e2e
+def test_command_line_selects_topology_and_overrides_its_mesh(tmp_path):
   """`--config=FILE:TOPOLOGY` and a bracketed topology override reach the dryrun mode (which
-  refuses a mesh that does not use the slice's chips before compiling anything). The command
-  line runs in this process (conftest.main_in_process: its flag parser and main)."""
-  res = main_in_process(capfd, f"--config={TARGETS / 'llama31_8b.py'}:v5p-64",
-                        "--config.mode=dryrun", "--config.topologies['v5p-64'].data=4",
-                        "--workdir", tmp_path)
+  refuses a mesh that does not use the slice's chips before compiling anything)."""
+  res = subprocess.run(
+      [sys.executable, "-m", "ppow_jax.main", f"--config={TARGETS / 'llama31_8b.py'}:v5p-64",
+       "--config.mode=dryrun", "--config.topologies['v5p-64'].data=4", "--workdir",
+       str(tmp_path)], cwd=TARGETS.parents[1], capture_output=True, text=True, timeout=120)
   assert res.returncode != 0
   assert "topologies['v5p-64'] mesh {'data': 4, 'fsdp': 1, 'tensor': 4} has 16 devices; " \
          "v5p-64 has 32 chips" in res.stderr
