@@ -168,3 +168,89 @@ def chisquare_pvalues(tokens, joint):
         e[np.argmin(e)] += expect[~big].sum()
     out.append(stats.chisquare(o, e * o.sum() / e.sum()).pvalue)
   return out
+
+
+# --- The command line in this process -----------------------------------------------------------
+
+_MAIN = []
+
+
+def _import_main():
+  """ppow_jax.main (which defines --config, --workdir and --debug once) and the variables it
+  sets in os.environ when imported. Those are taken back out of this process's environment
+  (children of later tests would inherit them: the real command's setting dies with its
+  process) and given to each in-process command instead."""
+  if not _MAIN:
+    before = dict(os.environ)
+    from ppow_jax import main as entry
+    added = {k: v for k, v in os.environ.items() if before.get(k) != v}
+    for key in added:
+      if key in before:
+        os.environ[key] = before[key]
+      else:
+        del os.environ[key]
+    _MAIN.extend([entry, added])
+  return _MAIN
+
+
+class MainResult:
+  """What `python -m ppow_jax.main ARGS` ended with: returncode, stdout, stderr (as from
+  subprocess.run)."""
+
+  def __init__(self, returncode, stdout, stderr):
+    self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def main_in_process(capfd, *args, env=None):
+  """`python -m ppow_jax.main ARGS` in this process, as absl's app.run runs it: the flags parsed
+  by cli.parse_flags (the real command line's parser), then main; its exit status (SystemExit)
+  and everything written to file descriptors 1 and 2 (capfd). Costs no interpreter and no jax
+  start-up. The environment is this one less PPOW_DEBUG, plus `env` (extra variables) for the
+  call. An error that is not the user's (or any, under --debug / PPOW_DEBUG=1) propagates as the
+  exception. Tests about a process (signals, tracebacks, exit of the real interpreter) run it in a
+  subprocess instead."""
+  import signal
+  import sys
+
+  from absl import flags
+  from absl import logging as absl_logging
+
+  from ppow_jax import cli
+
+  entry, main_env = _import_main()
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  argv = ["ppow_jax.main", *map(str, args)]
+  fl = flags.FLAGS
+  capfd.readouterr()  # what earlier code printed is not this command's
+  sigterm = signal.getsignal(signal.SIGTERM)
+  verbosity = absl_logging.get_verbosity()  # main sets WARNING: not for the tests after this one
+  was_parsed = fl.is_parsed()  # (a library may have marked the flags parsed)
+  saved_env = dict(os.environ)  # whatever the command sets in it ends with the command
+  try:
+    with pytest.MonkeyPatch.context() as mp:
+      for key, value in main_env.items():
+        mp.setenv(key, value)
+      mp.delenv("PPOW_DEBUG", raising=False)
+      for key, value in (env or {}).items():
+        mp.setenv(key, value)
+      mp.chdir(root)
+      mp.setattr(sys, "argv", argv)  # ml_collections reads the --config.a.b overrides from sys.argv
+      # The watchdog turns a signal into os._exit after a grace period: never in the test process.
+      mp.setattr(cli, "_watch_signals", lambda: None)
+      try:
+        status = entry.main(cli.parse_flags(argv))
+      except SystemExit as e:
+        status = e.code
+      finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        absl_logging.set_verbosity(verbosity)
+        for name in [n for n in fl if n.startswith("config.")]:
+          delattr(fl, name)  # the overrides are defined per parse, against its config
+        fl.unparse_flags()
+        if was_parsed:
+          fl.mark_as_parsed()
+  finally:
+    os.environ.clear()
+    os.environ.update(saved_env)
+  out = capfd.readouterr()
+  return MainResult(0 if status is None else status, out.out, out.err)
