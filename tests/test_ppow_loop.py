@@ -380,6 +380,19 @@ def test_ablation_switches(start):
 
 
 @pytest.mark.slow
+def _one_step_inputs(config):
+  """Target, start drafter, the first training batch, the optimizer and a fresh train state."""
+  target = startup.load_target(config)
+  drafter = load_eagle3(config.drafter.init_from, target.cfg)
+  records = selfdistill.load(config.data.dir, "train")
+  batch = jax.tree.map(jnp.asarray,
+                       selfdistill.SequenceData(records, seq_len=32, batch_size=8, seed=0).batch(0))
+  opt = drafter_init.make_optimizer(config.optim, 10)
+  params = drafter.params()
+  state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
+  return target, drafter, batch, opt, state
+
+
 def test_ttt_aux_loss(start):
   """aux_loss="ttt": the auxiliary term is EAGLE-3's training-time-test loss over the batch
   sequences (what token-level training minimises), not the window soft CE; bad names fail."""
@@ -387,14 +400,8 @@ def test_ttt_aux_loss(start):
   from ppow_jax.models import transformer
 
   config = _config("ppow", {**start["base"], "ppow.ppo_epochs": 1, "ppow.ttt_steps": 2})
-  target = startup.load_target(config)
-  drafter = load_eagle3(config.drafter.init_from, target.cfg)
-  records = selfdistill.load(config.data.dir, "train")
-  batch = jax.tree.map(jnp.asarray,
-                       selfdistill.SequenceData(records, seq_len=32, batch_size=8, seed=0).batch(0))
-  opt = drafter_init.make_optimizer(config.optim, 10)
-  params, tp, d2t = drafter.params(), target.params(), drafter.d2t[...]
-  state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
+  target, drafter, batch, opt, state = _one_step_inputs(config)
+  params, tp, d2t = state["params"], target.params(), drafter.d2t[...]
   base = ppow_mode.settings_from_config(config)
   aux = {}
   for mode in ("window", "ttt"):
@@ -416,14 +423,8 @@ def test_policy_coef_scales_only_the_rl_term(start):
   else; its policy_loss metric is the scaled term."""
   # No warm-up: the first update is taken at the full learning rate (warm-up starts at 0).
   config = _config("ppow", {**start["base"], "ppow.ppo_epochs": 1, "optim.warmup_steps": 0})
-  target = startup.load_target(config)
-  drafter = load_eagle3(config.drafter.init_from, target.cfg)
-  records = selfdistill.load(config.data.dir, "train")
-  batch = jax.tree.map(jnp.asarray,
-                       selfdistill.SequenceData(records, seq_len=32, batch_size=8, seed=0).batch(0))
-  opt = drafter_init.make_optimizer(config.optim, 10)
-  params, tp, d2t = drafter.params(), target.params(), drafter.d2t[...]
-  state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32)}
+  target, drafter, batch, opt, state = _one_step_inputs(config)
+  params, tp, d2t = state["params"], target.params(), drafter.d2t[...]
   base = dataclasses.replace(ppow_mode.settings_from_config(config), beta=0.0, aux_coef=0.0)
   moved, policy_loss = {}, {}
   for coef in (0.0, 1.0):
