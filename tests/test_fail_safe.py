@@ -193,6 +193,36 @@ def test_drafter_settings_are_checked_before_generating_data(tmp_path, stories_p
   assert not (tmp_path / "data").exists()
 
 
+def test_a_cut_off_sharegpt_file_decodes_its_complete_records(tmp_path, stories_path, capfd,
+                                                              caplog):
+  # A ShareGPT JSON list cut off inside its third record (as PyPI's copy is) was refused whole
+  # ("malformed JSON ... at at column ..."); now its complete records are decoded, one warning.
+  recs = [{"id": f"c{i}", "conversations": [{"from": "human", "value": f"Once upon a time {i}"},
+                                            {"from": "gpt", "value": "there was a cat."}]}
+          for i in range(3)]
+  text = json.dumps(recs)
+  cut = tmp_path / "sharegpt.json"
+  cut.write_text(text[:text.index('"c2"') + 20])
+  res = _here(capfd, "--config", "configs/decode.py", "--workdir", tmp_path / "w",
+              f"--config.target.path={stories_path}", f"--config.data.prompts={cut}",
+              "--config.decode.max_new_tokens=4")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "Traceback" not in res.stderr
+  # (in this process absl's warnings reach the log capture, not file descriptor 2)
+  warnings = [r.getMessage() for r in caplog.records if "ends early" in r.getMessage()]
+  assert len(warnings) == 1 and str(cut) in warnings[0], caplog.text[-3000:]
+  assert "read its 2 complete records" in warnings[0]
+  records = [json.loads(line) for line in (tmp_path / "w" / "decode.jsonl").open()]
+  assert len(records) == 2
+  # A defect before the end is still an error naming the file, line and column, "at" once.
+  bad = tmp_path / "bad.json"
+  bad.write_text(text.replace('"c1"', "c1", 1))
+  line = _one_line(_here(capfd, "--config", "configs/decode.py", "--workdir", tmp_path / "w2",
+                         f"--config.target.path={stories_path}",
+                         f"--config.data.prompts={bad}"), 2, str(bad), "malformed JSON")
+  assert "at at" not in line and "column" in line
+
+
 @pytest.mark.e2e
 def test_a_failed_start_keeps_the_earlier_config_json(tmp_path, stories_path):
   earlier = {"mode": "decode", "note": "the earlier run's config"}
