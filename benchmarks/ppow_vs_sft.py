@@ -58,11 +58,28 @@ def arms(a) -> dict[str, tuple[str, list[str]]]:
   }
   for v in a.variant:
     name, sep, extra = v.partition("=")
+    flags = shlex.split(extra)
     if not sep or not name.strip():
       raise SystemExit(f"--variant {v!r}: expected NAME=ARGS")
-    out[name.strip()] = ("configs/ppow.py", [*ppow, *shlex.split(extra)])
+    # NAME ends at the first "=": a name holding one ("K=10 windows") would silently become a
+    # wrong arm, so every ARGS word must be a flag.
+    if not flags or any(not f.startswith("--") for f in flags):
+      raise SystemExit(f"--variant {v!r}: ARGS must be --config.x=y flags, got {extra!r} "
+                       "(a NAME cannot contain '=')")
+    if name.strip() in out:
+      raise SystemExit(f"--variant {v!r}: an arm named {name.strip()!r} exists already")
+    out[name.strip()] = ("configs/ppow.py", [*ppow, *flags])
   skip = {x.strip() for x in a.skip.split(",") if x.strip()}
   return {k: v for k, v in out.items() if k not in skip}
+
+
+def references(a, all_arms) -> list[str]:
+  """The arms of --also_vs, checked before any training (a typo found after hours is hours lost)."""
+  refs = [x.strip() for x in a.also_vs.split(",") if x.strip()]
+  for ref in refs:
+    if ref not in all_arms:
+      raise SystemExit(f"--also_vs {ref!r}: no such arm among {sorted(all_arms)}")
+  return refs
 
 
 def slug(name: str, seed: int | None = None) -> str:
@@ -325,6 +342,7 @@ def main():
   os.makedirs(a.out, exist_ok=True)
 
   all_arms = arms(a)
+  refs = references(a, all_arms)
   main_arms = {BASELINE, "token-level LK", "PPOW"}
   jobs = [(name, seed, *spec) for name, spec in all_arms.items()
           for seed in range(a.seeds if name in main_arms else a.ablation_seeds)]
@@ -360,9 +378,9 @@ def main():
         f"(mean steps: " + ", ".join(f"{g} {s:.0f}" for g, s in steps.items()) + ")\n"
         "`*`: the 95% interval of the difference excludes 0.\n\n" + md)
   vs = {}
-  for ref in (x.strip() for x in a.also_vs.split(",") if x.strip()):
-    if ref not in groups:
-      raise SystemExit(f"--also_vs {ref!r}: no such arm among {sorted(groups)}")
+  for ref in refs:
+    if ref not in groups:  # (with --finished_only: an arm none of whose runs finished)
+      raise SystemExit(f"--also_vs {ref!r}: no finished run among {sorted(groups)}")
     vs[ref] = {s: bootstrap(evals, groups, s, a.bootstrap, baseline=ref) for s in names}
     md += f"\n## Against {ref} (same bootstrap, paired over prompts)\n\n" + table(
         vs[ref], [g for g in order if g != "start"], names, baseline=ref)

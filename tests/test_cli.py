@@ -127,6 +127,8 @@ def test_misspelt_config_keys_suggest_the_field(tmp_path, capfd):
     ("ppow", ("--config.ppow.group_size=1", f"--config.drafter.init_from={STORIES}"),
      "config.ppow.group_size=1: must be an integer >= 2"),
     ("ppow", (), "config.drafter.init_from='': is empty"),
+    ("ppow", ("--config.ppow.policy_coef=-1", f"--config.drafter.init_from={STORIES}"),
+     "config.ppow.policy_coef=-1.0: must be a number >= 0.0"),
     ("sft", ("--config.data.synthesis.openings=(1,)",),
      "config.data.synthesis.openings=(1,): must be a tuple of strings"),
     ("eval", ("--config.eval.temperatures=0,x", f"--config.data.benchmarks={GSM8K}"),

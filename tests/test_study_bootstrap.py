@@ -1,5 +1,7 @@
 """The PPOW study's paired bootstrap (benchmarks/ppow_vs_sft.py) on hand-made per-prompt counts."""
 
+import argparse
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,22 @@ def test_any_arm_can_be_the_reference_and_differences_flip_sign():
   assert vs_ppow[study.BASELINE]["diff"] == pytest.approx(-vs_base["PPOW"]["diff"])
   assert vs_ppow[study.BASELINE]["diff_ci"][1] < 0  # the baseline is resolved below PPOW
   assert "vs PPOW" in study.table({"s": vs_ppow}, [study.BASELINE, "PPOW"], ["s"], "PPOW")
+
+
+def _args(variant=(), also_vs="", skip=""):
+  return argparse.Namespace(sft_lr=1e-4, sft_args="", ppow_args="", variant=list(variant),
+                            skip=skip, also_vs=also_vs)
+
+
+def test_variants_and_references_are_checked_before_any_training():
+  a = _args(["G16=--config.ppow.group_size=16"], also_vs="PPOW, G16")
+  arms = study.arms(a)
+  assert arms["G16"] == ("configs/ppow.py", ["--config.ppow.group_size=16"])
+  assert study.references(a, arms) == ["PPOW", "G16"]
+  # A name holding "=" would split there and make a wrong arm silently; refused instead.
+  with pytest.raises(SystemExit, match=r"ARGS must be --config.x=y flags.*cannot contain '='"):
+    study.arms(_args(["K=10 windows=--config.ppow.window=10"]))
+  with pytest.raises(SystemExit, match="exists already"):
+    study.arms(_args(["PPOW=--config.ppow.beta=0"]))
+  with pytest.raises(SystemExit, match=r"--also_vs 'PPW': no such arm among \[.*'PPOW'"):
+    study.references(_args(also_vs="PPW"), arms)
