@@ -43,6 +43,9 @@ def get_config():
       group_size=8,  # G windows sampled per prefix
       prefixes_per_seq=2,  # prefixes chosen per sequence each step
       min_prefix=1,
+      # Windows lie wholly on answer slots (the batch's loss mask), as deployment drafts only
+      # answers; "any" also lets them start in prompts and user turns (the study before 12-07).
+      windows_in="response",
       gamma=0.12,  # drafter/target cost ratio in R_speedup = k / (k*gamma + 1) (the paper's)
       measure_gamma=False,  # True: gamma = this machine's measured ratio (decoding/step_cost.py)
       eta=0.5, epsilon=2.0,  # R_dist = eta * 1[delta < epsilon] for windows with k = 0

@@ -337,6 +337,7 @@ def _sft(f: Fields, in_pipeline: bool = False):
 def _ppow(f: Fields, in_pipeline: bool = False):
   from ppow_jax.ppow.objective import TOKEN_MASK_MODES
   from ppow_jax.ppow.step import AUX_LOSSES
+  from ppow_jax.ppow.step import WINDOW_REGIONS
   from ppow_jax.ppow.windowing import SELECTION_MODES
   _training(f, in_pipeline=in_pipeline, needs_init=f.config.mode == "ppow")
   d = f.section("data")
@@ -354,6 +355,7 @@ def _ppow(f: Fields, in_pipeline: bool = False):
   p.bool("use_proximity")
   p.bool("windowing")
   p.choice("windowing_mode", SELECTION_MODES)
+  p.choice("windows_in", WINDOW_REGIONS)
   p.int("windowing_start", 0)
   p.number("clip_eps", 0.0, above=True)
   p.choice("loss_tokens", TOKEN_MASK_MODES)

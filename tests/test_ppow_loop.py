@@ -438,6 +438,29 @@ def test_policy_coef_scales_only_the_rl_term(start):
   assert moved[1.0] > 0.0 and policy_loss[1.0] != 0.0
 
 
+def test_windows_lie_on_the_batch_loss_mask(start):
+  """windows_in="response" places every window wholly on loss-masked (answer) slots; "any"
+  anywhere a window fits. Marking exactly the K slots 16..16+K-1 leaves one prefix, p = 16."""
+  config = _config("ppow", {**start["base"], "ppow.ppo_epochs": 1})
+  target, drafter, batch, opt, state = _one_step_inputs(config)
+  base = ppow_mode.settings_from_config(config)
+  slot = jnp.arange(32)[None]
+  batch = dict(batch, loss_mask=batch["valid"] & (slot >= 16) & (slot < 16 + base.window))
+  length = jnp.maximum(jnp.sum(batch["valid"], axis=1), 1)
+  assert int(jnp.min(length)) > 16 + base.window  # a window at 16 fits in every row
+  pos = {}
+  for region in ("response", "any"):
+    step = make_ppow_step(target.cfg, drafter.cfg, opt,
+                          dataclasses.replace(base, windows_in=region), capacity=32 + 4 + 2)
+    _, m = jax.jit(step)(state, target.params(), drafter.d2t[...], batch, jax.random.key(3))
+    pos[region] = float(m["selected_relative_position"])
+  assert pos["response"] == pytest.approx(float(jnp.mean(16 / length)), abs=1e-6)
+  assert pos["any"] != pytest.approx(pos["response"], abs=1e-3)
+  with pytest.raises(ValueError, match="ppow.windows_in='prompt'"):
+    make_ppow_step(target.cfg, drafter.cfg, opt, dataclasses.replace(base, windows_in="prompt"),
+                   38)
+
+
 def test_load_target_shards_only_when_the_mesh_splits_it(stories_path):
   """A mesh that splits weights (fsdp/tensor) gets the target placed on it at load; a data-only
   mesh leaves it on one device (replicated later with the train state)."""

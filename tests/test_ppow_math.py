@@ -339,3 +339,28 @@ def test_signal_diagnostics_counts_flat_groups_and_accepted_lengths():
   np.testing.assert_allclose(float(d["window_score_p50"]), 0.3, atol=1e-6)
   assert float(d["selected_relative_position"]) == pytest.approx((1 + 2 + 0 + 1) / 4 / 8)
   assert float(d["adv_abs_p90"]) > 0.5  # the varied group's advantages
+
+
+def test_candidate_windows_lie_wholly_on_the_given_slots():
+  # 2 sequences of 12 slots: the first a prompt of 4 then an answer; the second two answers
+  # with a user turn between (slots 5..7 not trained), as a conversation's loss mask marks.
+  import types
+
+  from ppow_jax.ppow import step
+  r = np.random.RandomState(0)
+  n, t, v, window = 2, 12, 6, 3
+  teacher = types.SimpleNamespace(target_logits=jnp.asarray(r.randn(n, t, v), jnp.float32))
+  dp = types.SimpleNamespace(logits=jnp.asarray(r.randn(n, t, v), jnp.float32))
+  d2t = jnp.zeros(v, jnp.int32)
+  valid = jnp.ones((n, t), bool)
+  slots = np.zeros((n, t), bool)
+  slots[0, 4:] = True
+  slots[1, 1:5] = slots[1, 8:] = True
+  s_any, ok_any = step.candidate_scores(teacher, dp, d2t, valid, window, 1)
+  s_in, ok_in = step.candidate_scores(teacher, dp, d2t, valid, window, 1, slots=jnp.asarray(slots))
+  starts = lambda ok: [np.flatnonzero(row).tolist() for row in np.asarray(ok)]
+  assert starts(ok_any) == [list(range(1, 9))] * 2  # p + K < length only
+  # p..p+K-1 all marked: windows inside the answer, none reaching into the user turn.
+  assert starts(ok_in) == [[4, 5, 6, 7, 8], [1, 2, 8]]
+  np.testing.assert_array_equal(np.where(ok_in, s_in, 0), np.where(ok_in, s_any, 0))
+  assert float(np.asarray(s_in)[1, 3]) == -1.0  # a window over the user turn scores -1

@@ -31,6 +31,7 @@ class PPOWSettings:
   group_size: int  # G windows per prefix
   prefixes_per_seq: int  # M prefixes chosen per sequence
   min_prefix: int
+  windows_in: str  # "response": every window slot a trained (answer) slot; "any"
   gamma: float  # drafter/target step-cost ratio in R_speedup (resolved: never "measure" here)
   eta: float
   epsilon: float
@@ -61,8 +62,11 @@ class PPOWSettings:
     return cls(**{n: resolved[n] if n in resolved else ppow_config[n] for n in names})
 
 
-def candidate_scores(teacher, dp: rollout.DraftPass, d2t, valid, window: int, min_prefix: int):
-  """Window score [N, T] per prefix end p (-1 where no full window fits)."""
+def candidate_scores(teacher, dp: rollout.DraftPass, d2t, valid, window: int, min_prefix: int,
+                     slots=None):
+  """Window score [N, T] per prefix end p (-1 where no full window fits). `slots` [N, T] (bool):
+  where given, a window must lie wholly on them: its K slots p..p+K-1 (slot s predicts token
+  s+1) all marked, e.g. the batch's loss mask, so windows draft answers, never user turns."""
   n, t, v = teacher.target_logits.shape
   q = e3.draft_to_target_logits(d2t, dp.logits, v)
   # Slot s: target P at s vs drafter prediction from slot s-1 (both predict token s+1).
@@ -74,6 +78,9 @@ def candidate_scores(teacher, dp: rollout.DraftPass, d2t, valid, window: int, mi
   score = (csum[:, end] - csum[:, p]) / window
   length = jnp.sum(valid, axis=1)
   ok = (p[None] >= min_prefix) & (p[None] + window < length[:, None])
+  if slots is not None:
+    marked = jnp.pad(jnp.cumsum(slots.astype(jnp.int32), axis=1), ((0, 0), (1, 0)))
+    ok = ok & (marked[:, end] - marked[:, p] == window)
   return jnp.where(ok, score, -1.0), ok
 
 
@@ -90,6 +97,7 @@ def choose_prefixes(rng, scores, ok, m: int, s: PPOWSettings, step):
 
 
 AUX_LOSSES = ("window", "ttt")
+WINDOW_REGIONS = ("response", "any")
 
 
 def signal_diagnostics(reward, adv, k, window, row_ok, group_size, scores, ok, picks, valid):
@@ -126,6 +134,8 @@ def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
   k_win, g, m = s.window, s.group_size, s.prefixes_per_seq
   if s.aux_loss not in AUX_LOSSES:
     raise ValueError(f"ppow.aux_loss={s.aux_loss!r}: expected one of {AUX_LOSSES}")
+  if s.windows_in not in WINDOW_REGIONS:
+    raise ValueError(f"ppow.windows_in={s.windows_in!r}: expected one of {WINDOW_REGIONS}")
 
   def step_fn(state, target_params, d2t, batch, rng):
     tokens = batch["tokens"]
@@ -137,7 +147,9 @@ def make_ppow_step(tcfg, dcfg, optimizer, s: PPOWSettings, capacity: int):
     dp = jax.lax.stop_gradient(
         rollout.draft_pass(dcfg, state["params"], embed, tokens, teacher.aux, capacity))
 
-    scores, ok = candidate_scores(teacher, dp, d2t, batch["valid"], k_win, s.min_prefix)
+    scores, ok = candidate_scores(
+        teacher, dp, d2t, batch["valid"], k_win, s.min_prefix,
+        slots=batch["loss_mask"] if s.windows_in == "response" else None)
     picks = choose_prefixes(r_pick, scores, ok, m, s, state["step"])  # [N, M]
     pick_ok = jnp.take_along_axis(ok, picks, axis=1)
     pick_score = jnp.take_along_axis(scores, picks, axis=1)
