@@ -12,7 +12,9 @@ a step's cost being wall time over verification steps. Everything is timed by
 `engine_speed.measure` in interleaved rounds after a compiling call (median reported), so a
 drift in machine speed hits every variant alike. "step_over_ar" (a speculative step in
 autoregressive steps) is what tau must beat: speedup = tau / step_over_ar. Without --drafter
-only the forwards and the autoregressive step are timed.
+only the forwards and the autoregressive step are timed. --draft_vocabs 4096,8192,... times the
+speculative steps with random EAGLE-3 drafters of those draft-vocabulary sizes (the target's
+shapes otherwise): what a larger draft vocabulary costs a step, whatever it is trained on.
 
 Roofline: a forward reads every weight once (the embedding only at its rows) and the whole KV
 cache (attention spans all slots, masked); bytes read / time is the bandwidth it implies, to set
@@ -68,6 +70,17 @@ def forward_bytes(cfg, params, cache_len: int, width: int) -> dict:
           "kv_cache": sum(x.size * x.dtype.itemsize for x in cache.k + cache.v)}
 
 
+def random_eagle3(cfg, params, draft_vocab: int):
+  """(drafter, params) for the engine: an EAGLE-3 drafter of `cfg`'s shapes with random weights
+  and a `draft_vocab`-token draft vocabulary (its step costs what a trained one's does)."""
+  from flax import nnx
+
+  from ppow_jax.eagle3 import engine_adapter, model as e3
+  d = e3.Eagle3Drafter(e3.Eagle3Config.from_target(cfg, draft_vocab), rngs=nnx.Rngs(0))
+  return engine_adapter.Eagle3EngineDrafter(d.cfg), engine_adapter.Eagle3EngineDrafter.bind(
+      d, params)
+
+
 def _compiled(thunk):
   """The thunk, compiled now: under the PPOW_JAX_CPU_MATVEC setting of this moment."""
   jax.block_until_ready(thunk())
@@ -77,6 +90,8 @@ def _compiled(thunk):
 def main(argv=None):
   ap = common.parser(__doc__, out="optional")
   ap.add_argument("--drafter", default="", help="drafter directory (EAGLE-3 export or run dir)")
+  ap.add_argument("--draft_vocabs", default="",
+                  help="comma-separated draft-vocabulary sizes: random EAGLE-3 drafters' steps")
   ap.add_argument("--windows", default="1,2,3,4")
   ap.add_argument("--context", type=int, default=200)
   ap.add_argument("--new_tokens", type=int, default=128)
@@ -124,6 +139,12 @@ def main(argv=None):
     for k in windows:
       thunks[f"K{k}"] = gen(drafter=drafter, drafter_params=dparams, window=k)
       steps[k] = int(jax.device_get(thunks[f"K{k}"]().num_steps[0]))
+  for vd in (int(x) for x in a.draft_vocabs.split(",") if x.strip()):
+    drafter, dparams = random_eagle3(cfg, params, vd)
+    for k in windows:
+      name = f"K{k}_vocab{vd}"
+      thunks[name] = gen(drafter=drafter, drafter_params=dparams, window=k)
+      steps[name] = int(jax.device_get(thunks[name]().num_steps[0]))
   rounds = measure(thunks, a.repeats, a.clock)
   med = {n: statistics.median(t) for n, t in rounds.items()}
 
@@ -156,12 +177,17 @@ def main(argv=None):
     r = res["speculative"][str(k)] = {"step_ms": step * 1e3, "steps": steps[k],
                                       "step_over_ar": step / ar}
     print(f"K={k}: {r['step_ms']:.2f} ms a step = {r['step_over_ar']:.2f} autoregressive steps")
+  for name in (n for n in steps if isinstance(n, str)):
+    step = med[name] / steps[name]
+    r = res["speculative"][name] = {"step_ms": step * 1e3, "steps": steps[name],
+                                    "step_over_ar": step / ar}
+    print(f"{name}: {r['step_ms']:.2f} ms a step = {r['step_over_ar']:.3f} autoregressive steps")
   if a.out:
     res["rounds_s"] = rounds
     rows = [[n, f"{r['ms']:.2f}", f"{r['over_forward_1']:.3f}", f"{r['gb_per_s']:.1f}"]
             for n, r in res["forwards"].items()]
     rows.append(["autoregressive step", f"{ar * 1e3:.2f}", "", f"{ar_gb:.1f}"])
-    rows += [[f"speculative step K={k}", f"{r['step_ms']:.2f}",
+    rows += [[f"speculative step {'K=' if k.isdigit() else ''}{k}", f"{r['step_ms']:.2f}",
               f"{r['step_over_ar']:.2f} autoregressive steps", ""]
              for k, r in res["speculative"].items()]
     common.write_results(a.out, res, common.markdown_table(
