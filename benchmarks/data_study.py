@@ -137,11 +137,17 @@ def main(argv=None):
   from ppow_jax.modes import sft
   from ppow_jax.training import data_feed, final_eval, startup
   windows = tuple(int(k) for k in args.windows.split(","))
-  rows = []
+  # Rows of an earlier run in this workdir are kept: a study cut short, or extended by another
+  # source or budget, reruns only what it lacks.
+  results = os.path.join(args.workdir, common.RESULTS_JSON)
+  rows = json.load(open(results))["rows"] if os.path.exists(results) else []
   target = None
   for source in args.sources.split(","):
     data_cpu = None
     for steps in (int(s) for s in args.steps.split(",")):
+      if any(r["source"] == source and r["steps"] == steps for r in rows):
+        print(f"{source}, {steps} steps: measured before, kept")
+        continue
       workdir = os.path.join(args.workdir, f"{source}_{steps}")
       os.makedirs(workdir, exist_ok=True)
       config = sft_config(source, args, workdir, steps)
@@ -153,6 +159,8 @@ def main(argv=None):
         train, _ = data_feed.prepare_data(config, target, workdir)
         data_cpu = time.process_time() - t
         unique_tokens = int(token_counts(train, target.cfg.vocab_size).sum())
+        # Made by an earlier run (cached now): its cost is the one that run measured.
+        data_cpu = next((r["data_cpu_min"] * 60 for r in rows if r["source"] == source), data_cpu)
       t = time.process_time()
       sft.run(config, workdir)
       train_cpu = time.process_time() - t
@@ -161,12 +169,13 @@ def main(argv=None):
       ids = [r[1:1 + int(r[0])].tolist() for r in held[:args.num_tau]]
       tau = final_eval.measure_tau(target, drafter, ids, windows=windows,
                                    max_new_tokens=args.max_new_tokens, batch_size=1)
-      rows.append({"source": source, "steps": steps, "data_cpu_min": data_cpu / 60,
+      rows.append({"source": source, "steps": steps,
+                   "conversations": args.num_conversations if source != "magpie" else None,
+                   "training_sequences": len(train), "data_cpu_min": data_cpu / 60,
                    "train_cpu_min": train_cpu / 60, "unique_tokens": unique_tokens,
                    "agreement": agree, **tau})
       print(json.dumps(rows[-1]), flush=True)
-      run_files.write_json(os.path.join(args.workdir, common.RESULTS_JSON),
-                           {"args": vars(args), "rows": rows})
+      run_files.write_json(results, {"args": vars(args), "rows": rows})
   write_report(args, rows, windows)
 
 
