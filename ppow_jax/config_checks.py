@@ -336,8 +336,7 @@ def _sft(f: Fields, in_pipeline: bool = False):
 
 def _ppow(f: Fields, in_pipeline: bool = False):
   from ppow_jax.ppow.objective import TOKEN_MASK_MODES
-  from ppow_jax.ppow.step import AUX_LOSSES
-  from ppow_jax.ppow.step import WINDOW_REGIONS
+  from ppow_jax.ppow.step import AUX_LOSSES, WINDOW_REGIONS
   from ppow_jax.ppow.windowing import SELECTION_MODES
   _training(f, in_pipeline=in_pipeline, needs_init=f.config.mode == "ppow")
   d = f.section("data")
