@@ -81,9 +81,9 @@ def heldout_set(args, tok, cfg, params):
   return recs, [texts[i] for i in keep]
 
 
-def agreement(target_cfg, target_params, drafter, records, seq_len: int) -> float:
-  """Teacher-forced share of response positions where the drafter's first draft token is the
-  target's full-vocabulary argmax."""
+def agreement(target_cfg, target_params, drafter, records, seq_len: int):
+  """Per held-out record: (positions where the drafter's first draft token, teacher-forced, is
+  the target's full-vocabulary argmax; response positions). Agreement = sum / sum."""
   import jax
   import jax.numpy as jnp
   from ppow_jax.eagle3 import ttt
@@ -103,7 +103,7 @@ def agreement(target_cfg, target_params, drafter, records, seq_len: int) -> floa
     m = pred[:, 1:]
     return jnp.sum((draft == best) * m), jnp.sum(m)
 
-  hit = total = 0
+  hits, totals = [], []
   for r in records:
     plen, seq = int(r[0]), r[1:1 + seq_len]
     tokens = np.zeros((1, seq_len), np.int32)
@@ -112,8 +112,36 @@ def agreement(target_cfg, target_params, drafter, records, seq_len: int) -> floa
     pred = np.zeros((1, seq_len), bool)
     pred[0, plen - 1:len(seq) - 1] = True  # positions whose next token is an answer token
     h, n = hits(jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(pred))
-    hit, total = hit + int(h), total + int(n)
-  return hit / max(total, 1)
+    hits.append(int(h))
+    totals.append(int(n))
+  return hits, totals
+
+
+def agreement_fields(target, drafter, held, seq_len: int) -> dict:
+  h, n = agreement(target.cfg, target.params(), drafter, held, seq_len)
+  return {"agreement": sum(h) / max(sum(n), 1), "agreement_hits": h, "agreement_positions": n}
+
+
+def bootstrap_agreement(rows, reps: int = 2000, seed: int = 0):
+  """Adds to each row with per-prompt counts a 95% interval of its agreement and, where magpie
+  ran the same steps, the paired difference to it (resampling the held-out prompts)."""
+  rng = np.random.default_rng(seed)
+  n = len(next((r["agreement_hits"] for r in rows if "agreement_hits" in r), []))
+  if not n:
+    return
+  idx = rng.integers(0, n, (reps, n))
+  ratio = lambda r: (np.asarray(r["agreement_hits"])[idx].sum(1)
+                     / np.asarray(r["agreement_positions"])[idx].sum(1))
+  for r in rows:
+    if "agreement_hits" not in r:
+      continue
+    r["agreement_ci"] = np.percentile(ratio(r), [2.5, 97.5]).tolist()
+    ref = next((m for m in rows if m["source"] == "magpie" and m["steps"] == r["steps"]
+                and "agreement_hits" in m), None)
+    if ref is not None and ref is not r:
+      d = ratio(r) - ratio(ref)
+      r["vs_magpie"] = r["agreement"] - ref["agreement"]
+      r["vs_magpie_ci"] = np.percentile(d, [2.5, 97.5]).tolist()
 
 
 def main(argv=None):
@@ -128,6 +156,8 @@ def main(argv=None):
   ap.add_argument("--max_new_tokens", type=int, default=128)
   ap.add_argument("--seq_len", type=int, default=320)
   ap.add_argument("--smoke", action="store_true", help="tiny data and budgets: checks it runs")
+  ap.add_argument("--rescore", action="store_true", help="train nothing: measure the per-prompt "
+                  "agreement of the workdir's finished rows that lack it, then report")
   args = ap.parse_args(argv)
   if args.smoke:
     args.num_heldout, args.num_tau, args.max_new_tokens, args.seq_len = 6, 2, 16, 96
@@ -142,6 +172,19 @@ def main(argv=None):
   results = os.path.join(args.workdir, common.RESULTS_JSON)
   rows = json.load(open(results))["rows"] if os.path.exists(results) else []
   target = None
+  if args.rescore:
+    from ppow_jax.models import registry as reg
+    config = sft_config("magpie", args, args.workdir, 1)
+    config.target.path = reg.fetch(reg.SMOLLM2_135M, progress=False)
+    target = startup.load_target(config)
+    held, _ = heldout_set(args, target.tokenizer, target.cfg, target.params())
+    for r in rows:
+      if "agreement_hits" not in r:
+        export = os.path.join(args.workdir, f"{r['source']}_{r['steps']}", "export")
+        r.update(agreement_fields(target, load_eagle3(export, target.cfg), held, args.seq_len))
+        print(f"{r['source']}, {r['steps']} steps: agreement {r['agreement']:.4f}", flush=True)
+    run_files.write_json(results, {"args": vars(args), "rows": rows})
+    return write_report(args, rows, windows)
   for source in args.sources.split(","):
     data_cpu = None
     for steps in (int(s) for s in args.steps.split(",")):
@@ -165,7 +208,7 @@ def main(argv=None):
       sft.run(config, workdir)
       train_cpu = time.process_time() - t
       drafter = load_eagle3(os.path.join(workdir, "export"), target.cfg)
-      agree = agreement(target.cfg, target.params(), drafter, held, args.seq_len)
+      agree = agreement_fields(target, drafter, held, args.seq_len)
       ids = [r[1:1 + int(r[0])].tolist() for r in held[:args.num_tau]]
       tau = final_eval.measure_tau(target, drafter, ids, windows=windows,
                                    max_new_tokens=args.max_new_tokens, batch_size=1)
@@ -173,18 +216,24 @@ def main(argv=None):
                    "conversations": args.num_conversations if source != "magpie" else None,
                    "training_sequences": len(train), "data_cpu_min": data_cpu / 60,
                    "train_cpu_min": train_cpu / 60, "unique_tokens": unique_tokens,
-                   "agreement": agree, **tau})
-      print(json.dumps(rows[-1]), flush=True)
+                   **agree, **tau})
+      print(json.dumps({k: v for k, v in rows[-1].items() if "_hits" not in k
+                        and "_positions" not in k}), flush=True)
       run_files.write_json(results, {"args": vars(args), "rows": rows})
   write_report(args, rows, windows)
 
 
 def write_report(args, rows, windows):
+  bootstrap_agreement(rows)
+  ci = lambda r, k: (f" [{r[k][0]:+.3f}, {r[k][1]:+.3f}]" if k.startswith("vs") else
+                     f" [{r[k][0]:.3f}, {r[k][1]:.3f}]") if k in r else ""
   table = common.markdown_table(
-      ["source", "steps", "CPU min (data + training)", "unique tokens", "agreement",
-       *(f"tau K={k}" for k in windows)],
+      ["source", "steps", "CPU min (data + training)", "response tokens", "agreement [95%]",
+       "vs magpie, same steps [95%]", *(f"tau K={k}" for k in windows)],
       [[r["source"], r["steps"], f"{r['data_cpu_min']:.1f} + {r['train_cpu_min']:.1f}",
-        r["unique_tokens"], f"{r['agreement']:.3f}", *(f"{r[f'tau_k{k}']:.2f}" for k in windows)]
+        r["unique_tokens"], f"{r['agreement']:.3f}" + ci(r, "agreement_ci"),
+        (f"{r['vs_magpie']:+.3f}" + ci(r, "vs_magpie_ci")) if "vs_magpie" in r else "",
+        *(f"{r[f'tau_k{k}']:.2f}" for k in windows)]
        for r in rows])
   print(table)
   common.write_results(args.workdir, {"args": vars(args), "rows": rows},
