@@ -103,7 +103,7 @@ def agreement(target_cfg, target_params, drafter, records, seq_len: int):
     m = pred[:, 1:]
     return jnp.sum((draft == best) * m), jnp.sum(m)
 
-  hits, totals = [], []
+  counts, totals = [], []
   for r in records:
     plen, seq = int(r[0]), r[1:1 + seq_len]
     tokens = np.zeros((1, seq_len), np.int32)
@@ -112,9 +112,9 @@ def agreement(target_cfg, target_params, drafter, records, seq_len: int):
     pred = np.zeros((1, seq_len), bool)
     pred[0, plen - 1:len(seq) - 1] = True  # positions whose next token is an answer token
     h, n = hits(jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(pred))
-    hits.append(int(h))
+    counts.append(int(h))
     totals.append(int(n))
-  return hits, totals
+  return counts, totals
 
 
 def agreement_fields(target, drafter, held, seq_len: int) -> dict:
