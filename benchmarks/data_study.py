@@ -15,8 +15,10 @@ as deployment sees them:
   * greedy tau at K = 1..4 (chains) on the first --num_tau of those prompts.
 Writes WORKDIR/results.json (one row per source and budget, rewritten after each: CPU minutes of
 the data (prompts and answers) and of training (the target's feature pass included), unique
-response tokens trained on, agreement, tau), results.md (the table) and study.png (agreement
-against CPU minutes).
+response tokens trained on, agreement, tau), results.md (the table, 95% bootstrap intervals over the held-out prompts, the
+paired difference to magpie at the same steps) and study.png (agreement against steps and
+against response tokens). Rows already in WORKDIR/results.json are kept; --rescore measures
+per-prompt agreement for finished rows that lack it.
 """
 
 from __future__ import annotations
@@ -237,19 +239,28 @@ def write_report(args, rows, windows):
        for r in rows])
   print(table)
   common.write_results(args.workdir, {"args": vars(args), "rows": rows},
-                       table + "\n\n![agreement against CPU minutes](study.png)",
+                       table + "\n\n![agreement against steps and response tokens](study.png)",
                        title="Training data per CPU minute")
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
+  # Against steps and against response tokens: a row's training CPU holds the feature pass
+  # only for its source's first budget (later ones reuse the cache), so CPU minutes are read
+  # from the table, not plotted as one axis.
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   for source in dict.fromkeys(r["source"] for r in rows):
-    pts = [(r["data_cpu_min"] + r["train_cpu_min"], r["agreement"]) for r in rows
-           if r["source"] == source]
-    ax.plot(*zip(*pts), marker="o", label=source)
-  ax.set_xlabel("CPU minutes (data + training)")
-  ax.set_ylabel("held-out agreement with the target's argmax")
-  ax.legend()
+    mine = [r for r in rows if r["source"] == source]
+    for ax, x in zip(axes, ("steps", "unique_tokens")):
+      ax.errorbar([r[x] for r in mine], [r["agreement"] for r in mine],
+                  yerr=np.array([[r["agreement"] - r["agreement_ci"][0],
+                                  r["agreement_ci"][1] - r["agreement"]] if "agreement_ci" in r
+                                 else [0, 0] for r in mine]).T,
+                  marker="o", capsize=3, label=source, linestyle="-" if x == "steps" else "none")
+  axes[0].set_xlabel("training steps (8 x 320 tokens)")
+  axes[1].set_xlabel("response tokens in the training data")
+  axes[1].set_xscale("log")
+  axes[0].set_ylabel("held-out agreement, 95% interval")
+  axes[0].legend()
   fig.tight_layout()
   fig.savefig(os.path.join(args.workdir, "study.png"), dpi=120)
 
