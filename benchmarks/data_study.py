@@ -17,8 +17,8 @@ Writes WORKDIR/results.json (one row per source and budget, rewritten after each
 the data (prompts and answers) and of training (the target's feature pass included), unique
 response tokens trained on, agreement, tau), results.md (the table, 95% bootstrap intervals
 over the held-out prompts, the paired difference to magpie at the same steps) and study.png
-(agreement against steps and against response tokens). Rows already in WORKDIR/results.json are kept; --rescore measures
-per-prompt agreement for finished rows that lack it.
+(agreement against steps and against response tokens). Rows already in WORKDIR/results.json
+are kept; --rescore measures per-prompt agreement for finished rows that lack it.
 """
 
 from __future__ import annotations
