@@ -4,7 +4,9 @@
 // groups of G) and a row-major variant holding D rows of w per y load (Deep). One thread, a chain
 // of SmolLM2-135M's shapes (30 x [576, 1536] + the [576, 49152] head: 219 MB). Every variant sums
 // each output over k in order from 0 with one FMA per term, so "bitwise 1" checks it against Cur.
-//   g++ -O3 -march=native -ffp-contract=fast -o layouts_bench layouts_bench.cc && ./layouts_bench
+//   g++ -w -O3 -march=native -ffp-contract=fast -std=c++17 \
+//     -I $(python -c 'import jax; print(jax.ffi.include_dir())') -o layouts_bench layouts_bench.cc
+//   ./layouts_bench
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -12,36 +14,12 @@
 #include <vector>
 #include <algorithm>
 #include <cstdint>
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v8u __attribute__((vector_size(32), aligned(4)));
-inline v8 Load(const float* p) { return *reinterpret_cast<const v8u*>(p); }
-inline void Store(float* p, v8 v) { *reinterpret_cast<v8u*>(p) = v; }
-constexpr int64_t kLanes = 8, kWide = 16, kDepth = 4, kBlock = 8192;
+// The engine's kernel itself (its Columns<M>, Load, Store, kWide, kLanes), not a copy.
+#include "../../../ppow_jax/models/cpu_matvec.cc"
 
 template <int M>
-void Cur(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ y,
-         int64_t k_dim, int64_t n_dim) {
-  const int64_t m = M;
-  for (int64_t b0 = 0; b0 < n_dim; b0 += kBlock) {
-    const int64_t b1 = std::min(n_dim, b0 + kBlock);
-    for (int64_t r = 0; r < m; ++r) std::fill(y + r * n_dim + b0, y + r * n_dim + b1, 0.0f);
-    for (int64_t k0 = 0; k0 + kDepth <= k_dim; k0 += kDepth) {
-      for (int64_t c = b0; c < b1; c += kWide) {
-        v8 lo[kDepth], hi[kDepth];
-        for (int64_t d = 0; d < kDepth; ++d) {
-          lo[d] = Load(w + (k0 + d) * n_dim + c);
-          hi[d] = Load(w + (k0 + d) * n_dim + c + kLanes);
-        }
-        for (int64_t r = 0; r < m; ++r) {
-          const float* xr = x + r * k_dim + k0;
-          float* yr = y + r * n_dim + c;
-          v8 a = Load(yr), b = Load(yr + kLanes);
-          for (int64_t d = 0; d < kDepth; ++d) { const float s = xr[d]; a = a + lo[d] * s; b = b + hi[d] * s; }
-          Store(yr, a); Store(yr + kLanes, b);
-        }
-      }
-    }
-  }
+void Cur(const float* x, const float* w, float* y, int64_t k_dim, int64_t n_dim) {
+  Columns<M>(x, w, y, M, k_dim, n_dim, 0, n_dim);
 }
 
 // Packed: wp[N/16][K][16]. Each 16-column panel: k-inner, accumulators in registers.
