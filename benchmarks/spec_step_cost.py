@@ -133,16 +133,14 @@ def main(argv=None):
   gen = lambda **kw: (lambda: engine.generate(  # noqa: E731
       cfg, params, prompt, lens, rng, max_new_tokens=a.new_tokens, **kw))
   thunks["autoregressive"] = gen()
-  steps = {}
-  if a.drafter:
-    drafter, dparams = load_drafter(a.drafter, cfg, params)
+  # (thunk suffix, drafter, params): the trained drafter, then random ones per draft vocabulary.
+  drafters = [("", *load_drafter(a.drafter, cfg, params))] if a.drafter else []
+  drafters += [(f"_vocab{vd}", *random_eagle3(cfg, params, vd))
+               for vd in (int(x) for x in a.draft_vocabs.split(",") if x.strip())]
+  steps = {}  # thunk name -> verification steps of its decode
+  for suffix, drafter, dparams in drafters:
     for k in windows:
-      thunks[f"K{k}"] = gen(drafter=drafter, drafter_params=dparams, window=k)
-      steps[k] = int(jax.device_get(thunks[f"K{k}"]().num_steps[0]))
-  for vd in (int(x) for x in a.draft_vocabs.split(",") if x.strip()):
-    drafter, dparams = random_eagle3(cfg, params, vd)
-    for k in windows:
-      name = f"K{k}_vocab{vd}"
+      name = f"K{k}{suffix}"
       thunks[name] = gen(drafter=drafter, drafter_params=dparams, window=k)
       steps[name] = int(jax.device_get(thunks[name]().num_steps[0]))
   rounds = measure(thunks, a.repeats, a.clock)
@@ -172,15 +170,10 @@ def main(argv=None):
   ar_gb = sum(forward_bytes(cfg, params, cache_len, 1).values()) / ar / 1e9
   res["autoregressive_step_ms"], res["autoregressive_gb_per_s"] = ar * 1e3, ar_gb
   print(f"autoregressive step: {ar * 1e3:.2f} ms ({ar_gb:.1f} GB/s at one forward's bytes)")
-  for k in windows if a.drafter else ():
-    step = med[f"K{k}"] / steps[k]
-    r = res["speculative"][str(k)] = {"step_ms": step * 1e3, "steps": steps[k],
-                                      "step_over_ar": step / ar}
-    print(f"K={k}: {r['step_ms']:.2f} ms a step = {r['step_over_ar']:.2f} autoregressive steps")
-  for name in (n for n in steps if isinstance(n, str)):
-    step = med[name] / steps[name]
-    r = res["speculative"][name] = {"step_ms": step * 1e3, "steps": steps[name],
-                                    "step_over_ar": step / ar}
+  for name, n in steps.items():
+    step = med[name] / n
+    key = name[1:] if name[1:].isdigit() else name  # the trained drafter's rows: "4", as before
+    r = res["speculative"][key] = {"step_ms": step * 1e3, "steps": n, "step_over_ar": step / ar}
     print(f"{name}: {r['step_ms']:.2f} ms a step = {r['step_over_ar']:.3f} autoregressive steps")
   if a.out:
     res["rounds_s"] = rounds
