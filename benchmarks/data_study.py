@@ -175,10 +175,7 @@ def main(argv=None):
   rows = json.load(open(results))["rows"] if os.path.exists(results) else []
   target = None
   if args.rescore:
-    from ppow_jax.models import registry as reg
-    config = sft_config("magpie", args, args.workdir, 1)
-    config.target.path = reg.fetch(reg.SMOLLM2_135M, progress=False)
-    target = startup.load_target(config)
+    target = startup.load_target(sft_config("magpie", args, args.workdir, 1))
     held, _ = heldout_set(args, target.tokenizer, target.cfg, target.params())
     for r in rows:
       if "agreement_hits" not in r:
