@@ -129,6 +129,8 @@ def test_misspelt_config_keys_suggest_the_field(tmp_path, capfd):
     ("ppow", (), "config.drafter.init_from='': is empty"),
     ("ppow", ("--config.ppow.policy_coef=-1", f"--config.drafter.init_from={STORIES}"),
      "config.ppow.policy_coef=-1.0: must be a number >= 0.0"),
+    ("ppow", ("--config.ppow.windows_in=prompt", f"--config.drafter.init_from={STORIES}"),
+     "config.ppow.windows_in='prompt': must be one of 'response', 'any'"),
     ("sft", ("--config.data.synthesis.openings=(1,)",),
      "config.data.synthesis.openings=(1,): must be a tuple of strings"),
     ("eval", ("--config.eval.temperatures=0,x", f"--config.data.benchmarks={GSM8K}"),
