@@ -19,7 +19,10 @@ def _config(name, *args):
 def test_default_is_the_smollm2_quick_recipe_and_toy_a_variant():
   c = _config("default")
   assert c.target.source == "smollm2-135m-instruct" and c.workdir == "runs/default"
-  assert c.sft.data.synthesize > 0 and not c.control.enabled and tuple(c.ppow_seeds) == ()
+  # Trained on ShareGPT's conversations as given (issue 25's data study), nothing synthesized.
+  assert (c.sft.data.conversations, c.sft.data.answers, c.sft.data.synthesize) == (
+      "sharegpt", "given", 0) and c.ppow.data.conversations == "sharegpt"
+  assert not c.control.enabled and tuple(c.ppow_seeds) == ()
   config_checks.check(c)
   toy = _config("default", "toy")
   assert toy.target.source == "toy" and toy.workdir == "runs/toy" and "target_lm" in toy
@@ -53,10 +56,12 @@ def test_bad_data_seed_names_the_field():
   config_checks.check(c)
 
 def test_loss_on_prompt_is_token_level_only():
-  """The recipe trains token-level on prompt tokens too, PPOW never: a PPOW stage asked to is
+  """Token-level training may learn prompt tokens too, PPOW never: a PPOW stage asked to is
   refused, naming the field, rather than silently ignoring it."""
   c = _config("targets/smollm2_135m", "quick")
-  assert c.sft.data.loss_on_prompt and not c.ppow.data.loss_on_prompt
+  assert not c.ppow.data.loss_on_prompt
+  c.sft.data.loss_on_prompt = True
+  config_checks.check(c)
   c.ppow.data.loss_on_prompt = True
   with pytest.raises(ConfigValueError, match=r"config\.ppow\.data\.loss_on_prompt=True"):
     config_checks.check(c)

@@ -3,8 +3,9 @@
   1. target: a local checkpoint (--config.target.path), a registry model fetched once
      (target.source, e.g. SmolLM2-135M-Instruct, the default) or the embedded toy
      (target.source=toy: a small LLaMA trained here on the standard library, ppow_jax.toy_target)
-  2. self-distillation data from that target (prompts from files, written by the target itself,
-     or, for the toy, cut from its own training text)
+  2. training data: chat conversations with their given or regenerated answers (data.conversations,
+     SmolLM2's default: ShareGPT), or the target's own answers to prompts from files, written by
+     the target itself, or, for the toy, cut from its own training text
   3. the token-level EAGLE-3 drafter (configs/sft.py)
   4. PPOW fine-tuning from it (configs/ppow.py)
   5. with `window_choice`, the draft length K (or a draft tree) measured on held-out prompts;
@@ -110,11 +111,11 @@ def run(config, workdir: str):
       sub.eval.prompts = eval_prompts
     return sub, os.path.join(workdir, name)
 
-  # 2-3. Self-distillation data and the token-level drafter.
+  # 2-3. Training data and the token-level drafter.
   from ppow_jax.modes import eval as eval_mode, ppow, sft  # Deferred: heavy imports.
   sft_cfg, sft_dir = configure(config.sft, "sft")
   sft_result = _cached_stage(sft.run, sft_cfg, sft_dir, "sft", timings,
-                             "[2/5] self-distillation data + [3/5] token-level EAGLE-3 drafter")
+                             "[2/5] training data + [3/5] token-level EAGLE-3 drafter")
 
   # 4. PPOW, once per seed of `ppow_seeds` (default: the pipeline's seed). With `control` on,
   # each PPOW run is matched by more token-level training from the same start for the same CPU

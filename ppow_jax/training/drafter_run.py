@@ -36,7 +36,7 @@ def prepare_start(config, workdir: str):
   for path in files:
     prompt_files.load_prompts(path)  # PromptFileError names the file and line
   for path in conversation_files(config):  # fetched now; a file with no usable chat refused
-    prompt_files.load_conversations(path)
+    prompt_files.load_conversations(path, limit=1)  # the data stage reads it whole
   target = load_target(config)
   if config.drafter.get("aux_layers") and not config.drafter.init_from:
     parse_aux_layers(config.drafter.aux_layers, target.cfg.num_layers)
