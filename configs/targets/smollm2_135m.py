@@ -2,9 +2,11 @@
 
   python -m ppow_jax.main --config configs/targets/smollm2_135m.py
 
-Expected cost on 2 cores: ~2.5 hours on 2026-12-03's machine (data ~22 min, token-level training
-~42 min, PPOW and its controls ~20 min, the drafting choice ~10 min, 660 decodes ~1 hour by their
-ETA), ~5 hours on 2026-12-04's slower one.
+Expected cost on 2 cores: ~2.5 hours on 2026-12-03's machine with Magpie's self-distilled data
+(data ~22 min, token-level training ~42 min, PPOW and its controls ~20 min, the drafting choice
+~10 min, 660 decodes ~1 hour by their ETA), ~5 hours on 2026-12-04's slower one. Since
+2026-12-07 it trains on ShareGPT's conversations as given (no generation: the data takes about
+a minute); the whole recipe has not been rerun since.
 The variant `:quick` is README command 1 (configs/default.py): ~25-33 minutes from a fresh clone.
 Stages are cached in WORKDIR (runs/smollm2; rerun to resume) and overridable as in
 configs/default.py (`--config.sft.train.num_steps=100`). The measurements behind each value:
