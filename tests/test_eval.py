@@ -16,7 +16,7 @@ from ppow_jax.decoding import runner
 from ppow_jax.decoding.drafter_io import DrafterMismatchError
 from ppow_jax.data.prompts import PromptFileError
 from ppow_jax.eagle3 import Eagle3Config, Eagle3Drafter, save_eagle3
-from ppow_jax.evaluation import parsing, report, truncated_lm
+from ppow_jax.evaluation import parsing, report, statistics, truncated_lm
 from ppow_jax.evaluation.parsing import EvalSetupError
 from ppow_jax.models import hf_checkpoint
 from ppow_jax.models.config import ModelConfig
@@ -122,6 +122,112 @@ def test_greedy_eval_is_deterministic(run_dir, stories_path, drafters, tmp_path)
     for c in ("writing", "qa"):
       a, b = first[name]["categories"][c], again["results"]["0"][name]["categories"][c]
       assert (a["tau"], a["accept_length_histogram"]) == (b["tau"], b["accept_length_histogram"])
+
+
+# --- 95% bootstrap intervals of the overall figures ------------------------------------------------
+
+
+def _prompts(tau, tokens_per_second, n=40, seed=1):
+  """Synthetic per-prompt figures (`statistics.prompt_figures`) scattered around tau and
+  tokens/s; seed=None: every prompt identical."""
+  rng = np.random.default_rng(seed)
+  jitter = (lambda: rng.uniform(0.7, 1.3, n)) if seed is not None else (lambda: np.ones(n))
+  steps = np.round(50 * jitter()).astype(int)
+  produced = np.round(steps * tau * jitter()).astype(int)
+  seconds = produced / tokens_per_second * jitter()
+  return {"tokens": produced.tolist(), "accept_length_sum": produced.tolist(),
+          "steps": steps.tolist(), "seconds": seconds.tolist()}
+
+
+def test_paired_bootstrap_intervals():
+  base = _prompts(1.0, 100.0, seed=2)
+  base["accept_length_sum"] = base["steps"]  # autoregressive: one token per step
+  fast, slow = _prompts(3.0, 250.0, seed=3), _prompts(1.5, 120.0, seed=4)
+  a, b = statistics.paired_bootstrap(fast, base), statistics.paired_bootstrap(slow, base)
+  for r, d in ((a, fast), (b, slow)):
+    assert r["tau"] == sum(d["accept_length_sum"]) / sum(d["steps"])
+    assert r["speedup"] == pytest.approx(sum(d["tokens"]) / sum(d["seconds"])
+                                         / (sum(base["tokens"]) / sum(base["seconds"])))
+    for k in ("tau", "speedup"):
+      lo, hi = r[f"{k}_interval"]
+      assert lo < r[k] < hi
+    assert (r["num_prompts"], r["resamples"], r["seed"]) == (40, 2000, 0)
+  assert a["tau_interval"][0] > b["tau_interval"][1]  # widely apart: intervals do not overlap
+  assert a["speedup_interval"][0] > b["speedup_interval"][1]
+  assert statistics.paired_bootstrap(fast, base) == a  # a fixed seed: deterministic
+  # Every prompt the same: nothing to resample, a zero-width interval at the point.
+  same = statistics.paired_bootstrap(_prompts(2.0, 150.0, seed=None), base)
+  assert same["tau_interval"] == [same["tau"]] * 2 and same["tau"] == 2.0
+  # Paired: the drafter and the baseline resample the same prompts, so a drafter equal to its
+  # baseline reads speedup 1 in every resample (unpaired draws would scatter around 1).
+  assert statistics.paired_bootstrap(fast, fast)["speedup_interval"] == [1.0, 1.0]
+  with pytest.raises(AssertionError, match="same prompts"):
+    statistics.paired_bootstrap(fast, _prompts(1.0, 100.0, n=39))
+
+
+@pytest.mark.slow
+def test_report_has_overall_intervals(run_dir):
+  """Every row of report.json carries the 95% intervals of its overall tau and speedup over all
+  4 prompts; recomputed from its per-prompt figures, the points are the "overall" figures."""
+  data = json.loads((run_dir / "report.json").read_text())
+  row = data["results"]["0"]
+  base = row["autoregressive"]
+  for name, r in row.items():
+    ci = r[statistics.INTERVALS]
+    assert (ci["num_prompts"], ci["resamples"], ci["seed"]) == (4, 2000, 0)
+    boot = statistics.paired_bootstrap(statistics.pooled_prompts(r["categories"]),
+                                       statistics.pooled_prompts(base["categories"]))
+    assert boot["tau"] == pytest.approx(r["overall"]["tau"], rel=1e-12)
+    assert boot["speedup"] == pytest.approx(r["overall"]["speedup"], rel=1e-12)
+    assert [boot["tau_interval"], boot["speedup_interval"]] == [ci["tau"], ci["speedup"]]
+    for k in ("tau", "speedup"):
+      assert ci[k][0] <= r["overall"][k] * (1 + 1e-12) and r["overall"][k] <= ci[k][1] * (1 + 1e-12)
+    for c in ("writing", "qa"):
+      pp = r["categories"][c]["per_prompt"]
+      assert sum(pp["tokens"]) == r["categories"][c]["num_tokens"]
+      assert sum(pp["steps"]) == r["categories"][c]["num_steps"]
+      assert sum(pp["seconds"]) == pytest.approx(r["categories"][c]["seconds"])
+  assert base[statistics.INTERVALS]["tau"] == base[statistics.INTERVALS]["speedup"] == [1.0, 1.0]
+  sweep = data["window_sweep"]["results"]["self"]
+  assert sweep[str(WINDOW)][statistics.INTERVALS] == row["self"][statistics.INTERVALS]
+  assert statistics.INTERVALS in sweep["2"]
+  md = (run_dir / "report.md").read_text()
+  overall = md.split("## Overall tau / speedup, 95% intervals")[1].split("## Tau / speedup per")[0]
+  assert "bootstrap interval over the 4 prompts" in overall
+  assert "| drafter | tau [95%] | speedup [95%] | prompts |" in overall
+  ci = row["self"][statistics.INTERVALS]
+  assert (f"| self | {row['self']['overall']['tau']:.2f} [{ci['tau'][0]:.2f}, {ci['tau'][1]:.2f}] "
+          in overall)
+  assert report.overall_tables({**data, "results": {"0": {
+      n: {k: v for k, v in r.items() if k != statistics.INTERVALS} for n, r in row.items()}}}) == ""
+
+
+def test_resumed_eval_keeps_the_logged_per_prompt_figures(stories_path, tmp_path, monkeypatch):
+  """An eval interrupted after its first batch resumes from eval.partial.jsonl: that batch's
+  per-prompt figures (its timings too) in report.json are the logged ones, and the intervals
+  stand on every prompt."""
+  calls, real = [], runner.decode
+
+  def dies_in_second_batch(*a, **kw):
+    calls.append(1)
+    if len(calls) == 3:  # baseline and drafter per batch: the second batch's first decode
+      raise KeyboardInterrupt
+    return real(*a, **kw)
+
+  cfg = _config(stories_path, f"self={stories_path}", str(SPEC_BENCH))
+  monkeypatch.setattr(runner, "decode", dies_in_second_batch)
+  with pytest.raises(KeyboardInterrupt):
+    eval_mode.run(cfg, str(tmp_path))
+  logged = [json.loads(line) for line in (tmp_path / eval_mode.PARTIAL).open()][1:]
+  assert [(e["category"], e["start"]) for e in logged] == [("writing", 0)]
+  monkeypatch.setattr(runner, "decode", real)
+  row = eval_mode.run(cfg, str(tmp_path))["results"]["0"]
+  for name, job in zip(("autoregressive", "self"), logged[0]["jobs"]):
+    kept = runner.DecodeResult(**logged[0]["results"][job][0])
+    pp = row[name]["categories"]["writing"]["per_prompt"]
+    assert {k: v[0] for k, v in pp.items()} == {
+        k: v[0] for k, v in statistics.prompt_figures([kept]).items()}
+    assert row[name][statistics.INTERVALS]["num_prompts"] == 4
 
 
 # --- Validation before decoding -------------------------------------------------------------------

@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ppow_jax.evaluation.statistics import INTERVALS
+
 AUTOREGRESSIVE = "autoregressive"
 
 
@@ -72,6 +74,29 @@ def _tables(data: dict) -> str:
   return "\n".join(out)
 
 
+def overall_tables(data: dict) -> str:
+  """Per temperature: each drafter's overall (pooled) tau and speedup with their 95% intervals
+  and the prompts they stand on; "" for a report.json made before the intervals were."""
+  rows = data["results"].values()
+  if not all(INTERVALS in r for row in rows for r in row.values()):
+    return ""
+  some = next(iter(next(iter(rows)).values()))[INTERVALS]
+  out = [f"[95%] = percentile bootstrap interval over the {some['num_prompts']} prompts "
+         f"({some['resamples']} resamples of the prompts with replacement, seed {some['seed']}), "
+         "each resample paired with the autoregressive run on the same prompts.", ""]
+  for tkey, row in data["results"].items():
+    out += [f"### Temperature {tkey}{' (greedy)' if float(tkey) == 0 else ''}", ""]
+    table = []
+    for name, r in row.items():
+      o, ci = r["overall"], r[INTERVALS]
+      table.append([name, f"{o['tau']:.2f} [{ci['tau'][0]:.2f}, {ci['tau'][1]:.2f}]",
+                    f"{o['speedup']:.2f}× [{ci['speedup'][0]:.2f}, {ci['speedup'][1]:.2f}]",
+                    str(ci["num_prompts"])])
+    out += _table(["drafter", "tau [95%]", "speedup [95%]", "prompts"], table)
+    out.append("")
+  return "\n".join(out)
+
+
 def summary_table(data: dict) -> str:
   """One short table: per drafter and temperature, mean tau, tokens/s and speedup over the
   categories, and (greedy) whether every output equals the autoregressive one."""
@@ -121,8 +146,13 @@ def markdown(data: dict, plots: dict[str, str]) -> str:
       "",
       "Cells: tau / speedup. tau = mean tokens per target verification step (accepted + 1); "
       "speedup = tokens/s over the autoregressive tokens/s of the same engine, prompts and run. "
-      "mean = average over categories (pooled figures are in report.json under `overall`).", "",
-      "## Tau / speedup", "", _tables(data),
+      "Overall = pooled over all prompts, with 95% bootstrap intervals over prompts (report.json: "
+      f"`overall`, `{INTERVALS}`); mean = average over categories (no interval).", ""]
+  overall = overall_tables(data)
+  if overall:
+    lines += ["## Overall tau / speedup, 95% intervals", "", overall]
+  lines += [
+      "## Tau / speedup per category", "", _tables(data),
       "## Tokens per second", ""]
   for tkey, row in data["results"].items():
     lines += [f"### Temperature {tkey}", ""]

@@ -7,12 +7,16 @@ engine on the same prompts in the same run (runner.decode keeps compilation out 
 Each batch of a category is decoded by its own runner.decode call, so batches never mix
 categories and the per-category times are exact; the baseline and every drafter decode a batch
 back to back before the next one (interleaved), so a drift in machine speed hits them alike.
-"mean" columns average over categories; report.json also holds the pooled "overall" figures.
+"mean" columns average over categories; report.json also holds the pooled "overall" figures,
+with 95% percentile bootstrap intervals of its tau and speedup (`statistics.overall_intervals`:
+prompts resampled, paired with the autoregressive run) under "overall_interval_95", and each
+category's per-prompt figures (tokens, accept lengths, steps, seconds) they come from.
 With `eval.tree` every drafter is decoded twice, as a chain of `eval.window` and as that dynamic
 draft tree (row "NAME tree d,k,n"), or, with `eval.window` = 0, as the tree only (rows named as
 the drafters); `eval.tree_num_nodes` sweeps the tree's num_nodes. Writes WORKDIR/report.md,
 report.json and PNG plots (see `report`). Each decoded batch is kept in WORKDIR/eval.partial.jsonl
-until the report is written, so rerunning the same command after an interruption resumes.
+until the report is written, so rerunning the same command after an interruption resumes (the
+resumed batches' per-prompt figures, timings included, are the logged ones).
 """
 
 from __future__ import annotations
@@ -163,7 +167,7 @@ def run(config, workdir: str):
     print(f"resuming: {len(finished)} batches decoded before, from {log.path}", flush=True)
   outputs: dict = {}
   results, sweep_results, tree_results = {}, {}, {}
-  figures = ("categories", "mean", "overall")
+  figures = ("categories", "mean", "overall", statistics.INTERVALS)
   for t in temperatures:
     # One interleaved pass per temperature: the baseline, every drafter at K (and as a tree),
     # and at the first temperature the K and num_nodes sweeps.
