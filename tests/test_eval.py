@@ -198,8 +198,15 @@ def test_report_has_overall_intervals(run_dir):
   ci = row["self"][statistics.INTERVALS]
   assert (f"| self | {row['self']['overall']['tau']:.2f} [{ci['tau'][0]:.2f}, {ci['tau'][1]:.2f}] "
           in overall)
-  assert report.overall_tables({**data, "results": {"0": {
-      n: {k: v for k, v in r.items() if k != statistics.INTERVALS} for n, r in row.items()}}}) == ""
+  old = {**data, "results": {"0": {
+      n: {k: v for k, v in r.items() if k != statistics.INTERVALS} for n, r in row.items()}}}
+  assert report.overall_tables(old) == ""
+  # The summary the pipeline prints: pooled figures with their intervals (category means for
+  # an older report.json).
+  summary = report.summary_table(data)
+  assert (f"| self | {row['self']['overall']['tau']:.2f} [{ci['tau'][0]:.2f}, {ci['tau'][1]:.2f}] "
+          in summary) and "pooled over 4 prompts" in summary
+  assert f"| self | {row['self']['mean']['tau']:.2f} |" in report.summary_table(old)
 
 
 def test_resumed_eval_keeps_the_logged_per_prompt_figures(stories_path, tmp_path, monkeypatch):

@@ -98,9 +98,12 @@ def overall_tables(data: dict) -> str:
 
 
 def summary_table(data: dict) -> str:
-  """One short table: per drafter and temperature, mean tau, tokens/s and speedup over the
-  categories, and (greedy) whether every output equals the autoregressive one."""
+  """One short table: per drafter and temperature, tau, tokens/s and speedup pooled over the
+  prompts with their 95% intervals (category means for a report.json made before the
+  intervals were), and (greedy) whether every output equals the autoregressive one."""
   temps = list(data["results"])
+  pooled = all(INTERVALS in r for row in data["results"].values() for r in row.values())
+  ci = lambda r, k: f" [{r[INTERVALS][k][0]:.2f}, {r[INTERVALS][k][1]:.2f}]" if pooled else ""
   header = ["drafter"]
   for t in temps:
     header += [f"tau T={t}", f"tokens/s T={t}", f"speedup T={t}"]
@@ -108,10 +111,16 @@ def summary_table(data: dict) -> str:
   for name in data["results"][temps[0]]:
     cells = [name]
     for t in temps:
-      m = data["results"][t][name]["mean"]
-      cells += [f"{m['tau']:.2f}", f"{m['tokens_per_second']:.1f}", f"{m['speedup']:.2f}x"]
+      r = data["results"][t][name]
+      m = r["overall" if pooled else "mean"]
+      cells += [f"{m['tau']:.2f}{ci(r, 'tau')}", f"{m['tokens_per_second']:.1f}",
+                f"{m['speedup']:.2f}x{ci(r, 'speedup')}"]
     rows.append(cells)
   lines = _table(header, rows)
+  if pooled:
+    some = next(iter(data["results"][temps[0]].values()))[INTERVALS]
+    lines.append(f"pooled over {some['num_prompts']} prompts; [95%]: bootstrap over the prompts, "
+                 "paired with the autoregressive run")
   greedy = [t for t in temps if float(t) == 0]
   for t in greedy:
     for name, r in data["results"][t].items():
