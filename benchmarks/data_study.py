@@ -160,6 +160,10 @@ def main(argv=None):
   ap.add_argument("--smoke", action="store_true", help="tiny data and budgets: checks it runs")
   ap.add_argument("--rescore", action="store_true", help="train nothing: measure the per-prompt "
                   "agreement of the workdir's finished rows that lack it, then report")
+  ap.add_argument("--score", action="append", default=[], metavar="LABEL:STEPS=DIR",
+                  help="train nothing: add a row for a drafter trained elsewhere (an EAGLE-3 "
+                  "export, e.g. README command 1's runs/default/sft/export), scored on the same "
+                  "held-out set; repeatable")
   args = ap.parse_args(argv)
   if args.smoke:
     args.num_heldout, args.num_tau, args.max_new_tokens, args.seq_len = 6, 2, 16, 96
@@ -173,7 +177,22 @@ def main(argv=None):
   # source or budget, reruns only what it lacks.
   results = os.path.join(args.workdir, common.RESULTS_JSON)
   rows = json.load(open(results))["rows"] if os.path.exists(results) else []
+  scored = [parse_score(v) for v in args.score]  # checked before anything loads
   target = None
+  if scored:
+    target = startup.load_target(sft_config("magpie", args, args.workdir, 1))
+    held, _ = heldout_set(args, target.tokenizer, target.cfg, target.params())
+    for label, steps, export in scored:
+      drafter = load_eagle3(export, target.cfg)
+      ids = [r[1:1 + int(r[0])].tolist() for r in held[:args.num_tau]]
+      rows = [r for r in rows if (r["source"], r["steps"]) != (label, steps)]
+      rows.append({"source": label, "steps": steps, "export": os.path.abspath(export),
+                   **agreement_fields(target, drafter, held, args.seq_len),
+                   **final_eval.measure_tau(target, drafter, ids, windows=windows,
+                                            max_new_tokens=args.max_new_tokens, batch_size=1)})
+      print(f"{label}, {steps} steps: agreement {rows[-1]['agreement']:.4f}", flush=True)
+    run_files.write_json(results, {"args": vars(args), "rows": rows})
+    return write_report(args, rows, windows)
   if args.rescore:
     target = startup.load_target(sft_config("magpie", args, args.workdir, 1))
     held, _ = heldout_set(args, target.tokenizer, target.cfg, target.params())
@@ -222,6 +241,18 @@ def main(argv=None):
   write_report(args, rows, windows)
 
 
+def parse_score(value: str):
+  """(label, steps, export dir) of a --score value LABEL:STEPS=DIR."""
+  head, sep, export = value.partition("=")
+  label, _, steps = head.partition(":")
+  if not (sep and label and steps.isdigit() and export):
+    raise SystemExit(f"--score {value!r}: expected LABEL:STEPS=DIR, e.g. "
+                     "command1:720=runs/default/sft/export")
+  if not os.path.isdir(export):
+    raise SystemExit(f"--score {value!r}: {export} is not a directory")
+  return label, int(steps), export
+
+
 def write_report(args, rows, windows):
   bootstrap_agreement(rows)
   ci = lambda r, k: (f" [{r[k][0]:+.3f}, {r[k][1]:+.3f}]" if k.startswith("vs") else
@@ -229,8 +260,9 @@ def write_report(args, rows, windows):
   table = common.markdown_table(
       ["source", "steps", "CPU min (data + training)", "response tokens", "agreement [95%]",
        "vs magpie, same steps [95%]", *(f"tau K={k}" for k in windows)],
-      [[r["source"], r["steps"], f"{r['data_cpu_min']:.1f} + {r['train_cpu_min']:.1f}",
-        r["unique_tokens"], f"{r['agreement']:.3f}" + ci(r, "agreement_ci"),
+      [[r["source"], r["steps"],
+        f"{r['data_cpu_min']:.1f} + {r['train_cpu_min']:.1f}" if "data_cpu_min" in r else "",
+        r.get("unique_tokens", ""), f"{r['agreement']:.3f}" + ci(r, "agreement_ci"),
         (f"{r['vs_magpie']:+.3f}" + ci(r, "vs_magpie_ci")) if "vs_magpie" in r else "",
         *(f"{r[f'tau_k{k}']:.2f}" for k in windows)]
        for r in rows])
@@ -246,8 +278,10 @@ def write_report(args, rows, windows):
   # from the table, not plotted as one axis.
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
   for source in dict.fromkeys(r["source"] for r in rows):
-    mine = [r for r in rows if r["source"] == source]
     for ax, x in zip(axes, ("steps", "unique_tokens")):
+      mine = [r for r in rows if r["source"] == source and x in r]  # --score rows: steps only
+      if not mine:
+        continue
       ax.errorbar([r[x] for r in mine], [r["agreement"] for r in mine],
                   yerr=np.array([[r["agreement"] - r["agreement_ci"][0],
                                   r["agreement_ci"][1] - r["agreement"]] if "agreement_ci" in r

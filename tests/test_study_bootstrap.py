@@ -65,3 +65,16 @@ def test_variants_and_references_are_checked_before_any_training():
     study.arms(_args(["PPOW=--config.ppow.beta=0"]))
   with pytest.raises(SystemExit, match=r"--also_vs 'PPW': no such arm among \[.*'PPOW'"):
     study.references(_args(also_vs="PPW"), arms)
+
+
+def test_data_study_score_values_are_checked_before_anything_loads(tmp_path):
+  """benchmarks/data_study.py --score LABEL:STEPS=DIR: a malformed value or a missing folder is
+  refused in one line naming the value, before the target or any drafter is loaded."""
+  from benchmarks import data_study
+  assert data_study.parse_score(f"command1:720={tmp_path}") == ("command1", 720, str(tmp_path))
+  for bad in ("command1=" + str(tmp_path), f"command1:many={tmp_path}", "command1:720=",
+              f":720={tmp_path}"):
+    with pytest.raises(SystemExit, match="expected LABEL:STEPS=DIR"):
+      data_study.parse_score(bad)
+  with pytest.raises(SystemExit, match="is not a directory"):
+    data_study.parse_score(f"c:1={tmp_path / 'missing'}")
