@@ -58,7 +58,8 @@ def test_many_rows_match_matmul(k, n):
 
 
 def _uses_kernel(fn, *args) -> bool:
-  return cpu_kernels.TARGET in jax.jit(fn).lower(*args).as_text()
+  """Traced anew: jit's cache would keep the PPOW_JAX_CPU_MATVEC read by a past trace."""
+  return cpu_kernels.TARGET in jax.jit(lambda *a: fn(*a)).lower(*args).as_text()
 
 
 def test_dense_routes_float32_products_on_packed_weights():
@@ -67,6 +68,14 @@ def test_dense_routes_float32_products_on_packed_weights():
     assert _uses_kernel(cpu_kernels.dense, jnp.ones(rows), wp)
   assert not _uses_kernel(cpu_kernels.dense, jnp.ones((2, 64), jnp.bfloat16), wp)
   assert not _uses_kernel(cpu_kernels.dense, jnp.ones((2, 64)), jnp.ones((64, 32)))  # row-major
+
+
+def test_other_backends_lower_packed_products_to_xla():
+  """`platform_dependent` leaves the kernel out of a GPU/TPU lowering (XLA's panel product)."""
+  for platform in ("cuda", "tpu"):
+    exp = jax.export.export(jax.jit(cpu_kernels.dense), platforms=(platform,))(
+        jnp.ones((3, 64)), cpu_kernels.pack(jnp.ones((64, 32))))
+    assert cpu_kernels.TARGET not in exp.mlir_module() and "dot_general" in exp.mlir_module()
 
 
 def test_switched_off_by_environment(monkeypatch):

@@ -99,12 +99,15 @@ def _load() -> bool:
 
 
 def packs(w) -> bool:
-  """Whether the decode layout stores w [K, N] packed: the kernel is in use, float32, N % 16 == 0."""
+  """Whether the decode layout stores w [K, N] packed: kernel in use, float32, N % 16 == 0."""
   return w.ndim == 2 and w.dtype == jnp.float32 and w.shape[1] % PANEL == 0 and enabled()
 
 
 def pack(w: jax.Array) -> jax.Array:
-  """w [K, N] as 16-column panels [N/16, K, 16]: panel p holds columns 16p..16p+15, k-major."""
+  """w [K, N] as 16-column panels [N/16, K, 16]: panel p holds columns 16p..16p+15, k-major.
+
+  A plain array, not a wrapper type, so params stay an ordinary pytree (jit, tree maps, bytes
+  counted as before); `dense` tells the two layouts apart by ndim (`is_packed`)."""
   k, n = w.shape
   return jnp.asarray(w).reshape(k, n // PANEL, PANEL).transpose(1, 0, 2)
 
@@ -142,7 +145,8 @@ def _matvec_jvp(primals, tangents):
 
 def dense(x: jax.Array, w: jax.Array) -> jax.Array:
   """`x @ w` for the decode layout's weights: row-major w [K, N] by XLA; packed w (`pack`) by
-  the kernel for float32 x on CPU, any number of rows, else by XLA (`_panels_matmul`)."""
+  the kernel for float32 x on CPU, any number of rows, else by XLA (`_panels_matmul`). Both are
+  differentiable (`matvec`'s jvp), though the decode layout is only ever run forward."""
   if not is_packed(w):
     return x @ w
   if x.dtype == jnp.float32 and x.size and enabled():

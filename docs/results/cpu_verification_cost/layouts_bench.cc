@@ -70,7 +70,8 @@ int main() {
     for (auto& v : w) v = (rand() % 1000) / 1000.f - 0.5f;
     for (int64_t p = 0; p < n / kPanel; ++p)
       for (int64_t k = 0; k < K; ++k)
-        for (int64_t j = 0; j < kPanel; ++j) wp[(p * K + k) * kPanel + j] = w[k * n + p * kPanel + j];
+        for (int64_t j = 0; j < kPanel; ++j)
+          wp[(p * K + k) * kPanel + j] = w[k * n + p * kPanel + j];
     W.push_back(std::move(w));
     WP.push_back(std::move(wp));
   }
