@@ -112,7 +112,7 @@ def main(argv=None):
   cfg, params = model.cfg, transformer.unstack(model.params())
   kernel = cpu_kernels.enabled()
   print(f"{cpu['model']} ({cpu['cores']} cores; {' '.join(cpu['isa'])}), "
-        f"{jax.devices()[0].platform}; few-row kernel {'on' if kernel else 'off'}; "
+        f"{jax.devices()[0].platform}; CPU kernel (packed weights) {'on' if kernel else 'off'}; "
         f"{a.clock} clock")
   cache_len = engine.capacity(a.context, a.new_tokens, max(windows))
   widths = sorted({1, *(k + 1 for k in windows)})
