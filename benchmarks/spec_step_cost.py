@@ -19,9 +19,9 @@ shapes otherwise): what a larger draft vocabulary costs a step, whatever it is t
 Roofline: a forward reads every weight once (the embedding only at its rows) and the whole KV
 cache (attention spans all slots, masked); bytes read / time is the bandwidth it implies, to set
 against the host's memory bandwidth. --compare_xla times the forwards a second time with XLA's
-own dots for 2..8 rows (PPOW_JAX_CPU_MATVEC=0: what the engine ran before cpu_kernels), in the
-same rounds; PPOW_JAX_CPU_MATVEC=0 in the environment runs everything that way. With --out,
-writes OUT/results.json and OUT/results.md.
+own dots on row-major weights (PPOW_JAX_CPU_MATVEC=0: what the engine ran before cpu_kernels;
+a second copy of the weights), in the same rounds; PPOW_JAX_CPU_MATVEC=0 in the environment runs
+everything that way. With --out, writes OUT/results.json and OUT/results.md.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def main(argv=None):
                   help="wall seconds, XLA's threads (a quiet machine); or process CPU seconds, "
                        "one thread (stable when other jobs share the cores)")
   ap.add_argument("--compare_xla", action="store_true",
-                  help="also time the forwards with XLA's dots for 2..8 rows, interleaved")
+                  help="also time the forwards with XLA's dots on row-major weights, interleaved")
   a = ap.parse_args(argv)
   if a.clock == "cpu":  # XLA reads XLA_FLAGS when the backend starts: before any jax op.
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD).strip()
@@ -112,7 +112,7 @@ def main(argv=None):
   cfg, params = model.cfg, transformer.unstack(model.params())
   kernel = cpu_kernels.enabled()
   print(f"{cpu['model']} ({cpu['cores']} cores; {' '.join(cpu['isa'])}), "
-        f"{jax.devices()[0].platform}; few-row kernel {'on' if kernel else 'off'}; "
+        f"{jax.devices()[0].platform}; CPU kernel (packed weights) {'on' if kernel else 'off'}; "
         f"{a.clock} clock")
   cache_len = engine.capacity(a.context, a.new_tokens, max(windows))
   widths = sorted({1, *(k + 1 for k in windows)})
@@ -120,9 +120,10 @@ def main(argv=None):
             for w in widths}
   if a.compare_xla and kernel:
     before = os.environ.get(_SWITCH)
-    os.environ[_SWITCH] = "0"
-    thunks.update({f"xla_forward_{w}": _compiled(step_loop(cfg, params, cache_len, a.context, w,
-                                                           a.inner)) for w in widths})
+    os.environ[_SWITCH] = "0"  # row-major weights (unpacked) and XLA's dots
+    xla_params = transformer.unstack(model.params())
+    thunks.update({f"xla_forward_{w}": _compiled(step_loop(cfg, xla_params, cache_len, a.context,
+                                                           w, a.inner)) for w in widths})
     if before is None:
       os.environ.pop(_SWITCH)
     else:

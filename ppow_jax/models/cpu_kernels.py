@@ -1,15 +1,18 @@
-"""A CPU kernel for few-row float32 products, `x @ w` with w read from memory once (jax.ffi).
+"""A CPU kernel for float32 products `x @ w` on packed weights, w read from memory once (jax.ffi).
 
 XLA's CPU backend runs a 1-row product as its tiled gemv but sends 2..8 rows to a GEMM library
 (YNNPACK) that costs about twice the gemv per weight matrix on a 2-core AMD EPYC, so verifying
-K+1 tokens cost ~1.3x one token (docs/results/cpu_verification_cost.md). `cpu_matvec.cc` walks
-w once for all rows, each row summed in the order XLA's gemv uses: a row's result is bitwise the
-1-row product's.
+K+1 tokens cost ~1.3x one token (docs/results/cpu_verification_cost.md). The decode layout
+(`transformer.unstack`) therefore stores each float32 matrix packed (`pack`: 16-column panels
+[N/16, K, 16]), the one layout in which `cpu_matvec.cc` keeps every output's sum in a register
+while w streams past once; each output is summed in the order XLA's gemv uses, so a row's result
+is bitwise the row-major 1-row product's, for any number of rows.
 
 The kernel is compiled on first use with the host's C++ compiler for the host's ISA, cached in
 $PPOW_JAX_CACHE/kernels (~/.cache/ppow_jax), and registered as an FFI target for CPU only. Where
-it cannot be built (no compiler), or with PPOW_JAX_CPU_MATVEC=0, `dense` is plain `x @ w`. Other
-backends never see it: `dense` lowers to `x @ w` on anything but CPU.
+it cannot be built (no compiler), with PPOW_JAX_CPU_MATVEC=0, on other backends or for bfloat16,
+nothing is packed and `dense` is plain `x @ w`. Packed weights met elsewhere (another backend,
+the switch turned off after packing, gradients) get XLA's product over the panels.
 """
 
 from __future__ import annotations
@@ -32,9 +35,7 @@ log = logging.getLogger(__name__)
 
 TARGET = "ppow_cpu_matvec"
 SOURCE = pathlib.Path(__file__).with_name("cpu_matvec.cc")
-# Products of this many rows (all leading dims) take the kernel. One row stays with XLA's gemv:
-# the same values, and a little faster (docs/results/cpu_verification_cost.md).
-MIN_ROWS, MAX_ROWS = 2, 8
+PANEL = 16  # columns per panel of a packed weight
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC", "-w")
 
 _lock = threading.Lock()
@@ -42,8 +43,9 @@ _state: dict = {}  # "ok": bool once tried; "path": the loaded library
 
 
 def enabled() -> bool:
-  """Whether `dense` may use the kernel: not switched off by PPOW_JAX_CPU_MATVEC=0, CPU is JAX's
-  default backend, and the kernel builds and registers (tried once per process)."""
+  """Whether the kernel is in use (weights get packed, `dense` runs it): not switched off by
+  PPOW_JAX_CPU_MATVEC=0, CPU is JAX's default backend, and the kernel builds and registers
+  (tried once per process)."""
   if os.environ.get("PPOW_JAX_CPU_MATVEC", "1") == "0" or jax.default_backend() != "cpu":
     return False
   with _lock:
@@ -96,23 +98,57 @@ def _load() -> bool:
   return True
 
 
+def packs(w) -> bool:
+  """Whether the decode layout stores w [K, N] packed: kernel in use, float32, N % 16 == 0."""
+  return w.ndim == 2 and w.dtype == jnp.float32 and w.shape[1] % PANEL == 0 and enabled()
+
+
+def pack(w: jax.Array) -> jax.Array:
+  """w [K, N] as 16-column panels [N/16, K, 16]: panel p holds columns 16p..16p+15, k-major.
+
+  A plain array, not a wrapper type, so params stay an ordinary pytree (jit, tree maps, bytes
+  counted as before); `dense` tells the two layouts apart by ndim (`is_packed`)."""
+  k, n = w.shape
+  return jnp.asarray(w).reshape(k, n // PANEL, PANEL).transpose(1, 0, 2)
+
+
+def unpack(wp: jax.Array) -> jax.Array:
+  """The row-major w [K, N] of `pack(w)`."""
+  return wp.transpose(1, 0, 2).reshape(wp.shape[1], -1)
+
+
+def is_packed(w) -> bool:
+  """A packed weight is the one 3-D array `dense` sees (decode-layout matrices are 2-D)."""
+  return w.ndim == 3
+
+
+def _panels_matmul(x: jax.Array, wp: jax.Array) -> jax.Array:
+  """x [..., K] @ packed wp by XLA: any backend, differentiable; equal to `x @ unpack(wp)` up to
+  float32 rounding. XLA's CPU dot transposes wp back to [K, N] on every call (a copy of the
+  weight) before its GEMM, which is why the kernel takes every row count on CPU."""
+  y = jnp.einsum("...k,pkj->...pj", x, wp)
+  return y.reshape(*y.shape[:-2], -1)
+
+
 @jax.custom_jvp
-def matvec(x: jax.Array, w: jax.Array) -> jax.Array:
-  """x [..., K] @ w [K, N] (float32, N % 16 == 0) by the kernel; call through `dense`."""
-  out = jax.ShapeDtypeStruct(x.shape[:-1] + w.shape[1:], jnp.float32)
-  return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(x, w)
+def matvec(x: jax.Array, wp: jax.Array) -> jax.Array:
+  """x [..., K] @ packed wp [N/16, K, 16] (float32) by the kernel; call through `dense`."""
+  out = jax.ShapeDtypeStruct(x.shape[:-1] + (wp.shape[0] * PANEL,), jnp.float32)
+  return jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")(x, wp)
 
 
 @matvec.defjvp
 def _matvec_jvp(primals, tangents):
-  (x, w), (dx, dw) = primals, tangents
-  return matvec(x, w), dx @ w + x @ dw
+  (x, wp), (dx, dwp) = primals, tangents
+  return matvec(x, wp), _panels_matmul(dx, wp) + _panels_matmul(x, dwp)
 
 
 def dense(x: jax.Array, w: jax.Array) -> jax.Array:
-  """`x @ w`; on CPU, a float32 product of MIN_ROWS..MAX_ROWS rows by `matvec` (same values)."""
-  rows = x.size // x.shape[-1] if x.ndim and x.shape[-1] else 0
-  if (x.dtype == jnp.float32 and w.dtype == jnp.float32 and w.ndim == 2 and w.shape[1] % 16 == 0
-      and MIN_ROWS <= rows <= MAX_ROWS and enabled()):
-    return jax.lax.platform_dependent(x, w, cpu=matvec, default=jnp.matmul)
-  return x @ w
+  """`x @ w` for the decode layout's weights: row-major w [K, N] by XLA; packed w (`pack`) by
+  the kernel for float32 x on CPU, any number of rows, else by XLA (`_panels_matmul`). Both are
+  differentiable (`matvec`'s jvp), though the decode layout is only ever run forward."""
+  if not is_packed(w):
+    return x @ w
+  if x.dtype == jnp.float32 and x.size and enabled():
+    return jax.lax.platform_dependent(x, w, cpu=matvec, default=_panels_matmul)
+  return _panels_matmul(x, w)
