@@ -43,8 +43,8 @@ def get_config(variant: str = ""):
       max_new_tokens=192 if quick else 256, seq_len=320 if quick else 384, temperature=0.7,
       # Cached features halve the quick run's step (it reads each answer several times).
       gen_batch_size=32, features="cached" if quick else "online", loss_on_prompt=False))
-  # Magpie's task openings, for a run that synthesizes its prompts instead
-  # (--config.sft.data.conversations= --config.sft.data.synthesize=320): unconditioned,
+  # Magpie's task openings, for a run that synthesizes its prompts instead (sft.data and
+  # ppow.data: conversations="", synthesize=320): unconditioned,
   # SmolLM2-135M asks short chat questions; Spec-Bench also summarizes, translates and codes.
   sft.data.synthesis.openings = OPENINGS
   # fc preconditioned against massive activations, a fresh head: learned fastest. 4k draft
