@@ -124,6 +124,16 @@ def agreement_fields(target, drafter, held, seq_len: int) -> dict:
   return {"agreement": sum(h) / max(sum(n), 1), "agreement_hits": h, "agreement_positions": n}
 
 
+def score_fields(args, target, drafter, held, windows) -> dict:
+  """A drafter's row figures: held-out agreement (per prompt) and greedy tau at each window on
+  the first --num_tau held-out prompts."""
+  from ppow_jax.training import final_eval
+  ids = [r[1:1 + int(r[0])].tolist() for r in held[:args.num_tau]]
+  return {**agreement_fields(target, drafter, held, args.seq_len),
+          **final_eval.measure_tau(target, drafter, ids, windows=windows,
+                                   max_new_tokens=args.max_new_tokens, batch_size=1)}
+
+
 def bootstrap_agreement(rows, reps: int = 2000, seed: int = 0):
   """Adds to each row with per-prompt counts a 95% interval of its agreement and, where magpie
   ran the same steps, the paired difference to it (resampling the held-out prompts)."""
@@ -171,7 +181,7 @@ def main(argv=None):
   os.makedirs(args.workdir, exist_ok=True)
   from ppow_jax.eagle3.checkpoint import load_eagle3
   from ppow_jax.modes import sft
-  from ppow_jax.training import data_feed, final_eval, startup
+  from ppow_jax.training import data_feed, startup
   windows = tuple(int(k) for k in args.windows.split(","))
   # Rows of an earlier run in this workdir are kept: a study cut short, or extended by another
   # source or budget, reruns only what it lacks.
@@ -183,13 +193,9 @@ def main(argv=None):
     target = startup.load_target(sft_config("magpie", args, args.workdir, 1))
     held, _ = heldout_set(args, target.tokenizer, target.cfg, target.params())
     for label, steps, export in scored:
-      drafter = load_eagle3(export, target.cfg)
-      ids = [r[1:1 + int(r[0])].tolist() for r in held[:args.num_tau]]
       rows = [r for r in rows if (r["source"], r["steps"]) != (label, steps)]
       rows.append({"source": label, "steps": steps, "export": os.path.abspath(export),
-                   **agreement_fields(target, drafter, held, args.seq_len),
-                   **final_eval.measure_tau(target, drafter, ids, windows=windows,
-                                            max_new_tokens=args.max_new_tokens, batch_size=1)})
+                   **score_fields(args, target, load_eagle3(export, target.cfg), held, windows)})
       print(f"{label}, {steps} steps: agreement {rows[-1]['agreement']:.4f}", flush=True)
     run_files.write_json(results, {"args": vars(args), "rows": rows})
     return write_report(args, rows, windows)
@@ -226,15 +232,11 @@ def main(argv=None):
       sft.run(config, workdir)
       train_cpu = time.process_time() - t
       drafter = load_eagle3(os.path.join(workdir, "export"), target.cfg)
-      agree = agreement_fields(target, drafter, held, args.seq_len)
-      ids = [r[1:1 + int(r[0])].tolist() for r in held[:args.num_tau]]
-      tau = final_eval.measure_tau(target, drafter, ids, windows=windows,
-                                   max_new_tokens=args.max_new_tokens, batch_size=1)
       rows.append({"source": source, "steps": steps,
                    "conversations": args.num_conversations if source != "magpie" else None,
                    "training_sequences": len(train), "data_cpu_min": data_cpu / 60,
                    "train_cpu_min": train_cpu / 60, "unique_tokens": unique_tokens,
-                   **agree, **tau})
+                   **score_fields(args, target, drafter, held, windows)})
       print(json.dumps({k: v for k, v in rows[-1].items() if "_hits" not in k
                         and "_positions" not in k}), flush=True)
       run_files.write_json(results, {"args": vars(args), "rows": rows})
