@@ -74,13 +74,23 @@ def _tables(data: dict) -> str:
   return "\n".join(out)
 
 
+def _has_intervals(data: dict) -> bool:
+  """Whether every row carries its intervals (a report.json made before them does not)."""
+  return all(INTERVALS in r for row in data["results"].values() for r in row.values())
+
+
+def _interval(r: dict, key: str) -> str:
+  """' [low, high]' of a row's 95% interval of `key` (tau or speedup)."""
+  low, high = r[INTERVALS][key]
+  return f" [{low:.2f}, {high:.2f}]"
+
+
 def overall_tables(data: dict) -> str:
   """Per temperature: each drafter's overall (pooled) tau and speedup with their 95% intervals
   and the prompts they stand on; "" for a report.json made before the intervals were."""
-  rows = data["results"].values()
-  if not all(INTERVALS in r for row in rows for r in row.values()):
+  if not _has_intervals(data):
     return ""
-  some = next(iter(next(iter(rows)).values()))[INTERVALS]
+  some = next(iter(next(iter(data["results"].values())).values()))[INTERVALS]
   out = [f"[95%] = percentile bootstrap interval over the {some['num_prompts']} prompts "
          f"({some['resamples']} resamples of the prompts with replacement, seed {some['seed']}), "
          "each resample paired with the autoregressive run on the same prompts.", ""]
@@ -88,10 +98,10 @@ def overall_tables(data: dict) -> str:
     out += [f"### Temperature {tkey}{' (greedy)' if float(tkey) == 0 else ''}", ""]
     table = []
     for name, r in row.items():
-      o, ci = r["overall"], r[INTERVALS]
-      table.append([name, f"{o['tau']:.2f} [{ci['tau'][0]:.2f}, {ci['tau'][1]:.2f}]",
-                    f"{o['speedup']:.2f}× [{ci['speedup'][0]:.2f}, {ci['speedup'][1]:.2f}]",
-                    str(ci["num_prompts"])])
+      o = r["overall"]
+      table.append([name, f"{o['tau']:.2f}{_interval(r, 'tau')}",
+                    f"{o['speedup']:.2f}×{_interval(r, 'speedup')}",
+                    str(r[INTERVALS]["num_prompts"])])
     out += _table(["drafter", "tau [95%]", "speedup [95%]", "prompts"], table)
     out.append("")
   return "\n".join(out)
@@ -102,8 +112,8 @@ def summary_table(data: dict) -> str:
   prompts with their 95% intervals (category means for a report.json made before the
   intervals were), and (greedy) whether every output equals the autoregressive one."""
   temps = list(data["results"])
-  pooled = all(INTERVALS in r for row in data["results"].values() for r in row.values())
-  ci = lambda r, k: f" [{r[INTERVALS][k][0]:.2f}, {r[INTERVALS][k][1]:.2f}]" if pooled else ""
+  pooled = _has_intervals(data)
+  ci = lambda r, k: _interval(r, k) if pooled else ""  # noqa: E731
   header = ["drafter"]
   for t in temps:
     header += [f"tau T={t}", f"tokens/s T={t}", f"speedup T={t}"]
