@@ -5,6 +5,7 @@ and the dataset that carries the mask into training."""
 import dataclasses
 import json
 import logging
+import os
 import re
 
 import numpy as np
@@ -441,3 +442,29 @@ def test_vocab_coverage_and_target_argmax(stories_path):
     assert nxt.tolist() == ids[pos + 1].tolist()
   counts = vocab.argmax_counts(cfg, params, records, seq_len=6)
   assert counts.sum() == sum(len(a) for a, _ in got) == 2 + 3
+
+
+def test_a_cached_conversation_dataset_is_not_read_again(chat_stories, tmp_path, capsys, caplog):
+  """Every stage after the first finds the dataset cached: it neither reads the conversation
+  file (here deleted) nor rebuilds, and a config that asks for other conversations is warned
+  by field name."""
+  import configs
+  from ppow_jax.training import data_feed, startup
+  c = configs.load("sft")
+  c.target.path = chat_stories
+  chats = _chat_file(tmp_path, n=12)
+  c.data.update(dir=str(tmp_path / "data"), conversations=chats, answers="given",
+                num_samples=12, num_heldout=2, seq_len=64)
+  target = startup.load_target(c)
+  train, held = data_feed.prepare_data(c, target, str(tmp_path))
+  assert "conversations from" in capsys.readouterr().out
+  assert (len(train), len(held)) == (10, 2)
+  os.remove(chats)
+  again, _ = data_feed.prepare_data(c, target, str(tmp_path))
+  assert "conversations from" not in capsys.readouterr().out
+  assert [again[i].tolist() for i in range(10)] == [train[i].tolist() for i in range(10)]
+  assert not [r for r in caplog.records if "reusing cached" in r.getMessage()]
+  c.data.num_samples = 8
+  data_feed.prepare_data(c, target, str(tmp_path))
+  assert any("num_samples=12" in r.getMessage() and "num_samples=8" in r.getMessage()
+             for r in caplog.records)

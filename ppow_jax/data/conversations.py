@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -266,14 +266,26 @@ def build_split(target_cfg, target_params, tokenizer, spec: SplitSpec, data_dir:
   return stats
 
 
-def prepare(target_cfg, target_params, tokenizer, data_dir: str, specs: dict[str, SplitSpec], *,
+def prepare(target_cfg, target_params, tokenizer, data_dir: str,
+            specs: dict[str, SplitSpec] | Callable[[], dict[str, SplitSpec]], *,
             seq_len: int, max_new_tokens: int, temperature: float, batch_size: int,
-            progress: bool = True) -> dict[str, datasets.Records]:
+            source: dict[str, dict] | None = None, progress: bool = True
+            ) -> dict[str, datasets.Records]:
   """The splits of the conversation dataset in `data_dir`, built on first use (a dataset
-  already there is reused, with a warning naming the fields when `specs` ask for another)."""
-  want = {name: {**spec.settings(), "seq_len": seq_len} for name, spec in specs.items()}
+  already there is reused, with a warning naming the fields when `specs` ask for another).
+
+  `specs` may be a function that makes them, called only when the dataset is built: reading a
+  large conversation file costs seconds that a cached dataset does not need. `source`
+  ({split: {field: value}}, e.g. the file and how many conversations) is stored with each split
+  and is what a cached dataset is checked against when `specs` are not made.
+  """
+  source = source or {}
+  if callable(specs) and not source:
+    raise ValueError("prepare: made-on-demand specs need `source`, which names the splits")
+  names = list(specs) if isinstance(specs, dict) else list(source)
   builder = datasets.ConversationData(data_dir=data_dir)
   if not builder.is_prepared():
+    specs = specs() if callable(specs) else specs
     settings = {}
     for name, spec in specs.items():
       st = build_split(target_cfg, target_params, tokenizer, spec, data_dir, name,
@@ -285,13 +297,16 @@ def prepare(target_cfg, target_params, tokenizer, data_dir: str, specs: dict[str
       print(f"conversations {name}: {st.sequences} sequences of {st.conversations} "
             f"conversations ({st.regenerated} answered by the target, {st.too_long} too long "
             f"for seq_len {seq_len}), {st.loss_tokens} assistant tokens", flush=True)
-      settings[name] = {**want[name], "num_sequences": st.sequences,
-                        "num_loss_tokens": st.loss_tokens}
+      settings[name] = {**source.get(name, {}), **spec.settings(), "seq_len": seq_len,
+                        "num_sequences": st.sequences, "num_loss_tokens": st.loss_tokens}
     chunks = {name: (lambda name=name: sorted(glob.glob(
         os.path.join(data_dir, "conversations", f"{name}-*.npz")))) for name in specs}
     datasets.ConversationData(data_dir=data_dir, chunks=chunks,
                               settings=settings).download_and_prepare()
     builder = datasets.ConversationData(data_dir=data_dir)
+  made = specs if isinstance(specs, dict) else {}  # not made for a cached dataset
+  want = {name: {**source.get(name, {}), "seq_len": seq_len,
+                 **(made[name].settings() if name in made else {})} for name in names}
   datasets.warn_if_stale(builder, want, "conversation", "rebuild")
-  source = builder.as_data_source()
-  return {name: datasets.MaskedRecords(source[name]) for name in specs}
+  splits = builder.as_data_source()
+  return {name: datasets.MaskedRecords(splits[name]) for name in names}

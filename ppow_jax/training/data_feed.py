@@ -110,22 +110,32 @@ def training_conversations(config) -> list[prompt_files.Conversation]:
 
 
 def _prepare_conversations(config, target: Target, out: str):
-  """Train / held-out records of `data.conversations` (conversations.prepare)."""
+  """Train / held-out records of `data.conversations` (conversations.prepare); the
+  conversation file is read only when the dataset is not cached yet."""
   d = config.data
-  convs = training_conversations(config)
-  if len(convs) <= d.num_heldout:
-    raise ConfigValueError(f"config.data.conversations: {len(convs)} usable conversations, not "
-                           f"more than config.data.num_heldout={d.num_heldout}")
-  n = len(convs) - d.num_heldout
   seed = data_seed(config)
-  # Held-out conversations give evaluation prompts (their first user turn) only: their own
-  # answers are kept, nothing is generated for them.
-  specs = {"train": conversations.SplitSpec(convs[:n], d.get("answers", "regenerate"),
-                                            d.get("mix_ratio", 0.5), seed),
-           "heldout": conversations.SplitSpec(convs[n:], "given", 0.0, seed + 7919)}
+  answers = {"train": (d.get("answers", "regenerate"), d.get("mix_ratio", 0.5), seed),
+             # Held-out conversations give evaluation prompts (their first user turn) only:
+             # their own answers are kept, nothing is generated for them.
+             "heldout": ("given", 0.0, seed + 7919)}
+
+  def specs():
+    convs = training_conversations(config)
+    if len(convs) <= d.num_heldout:
+      raise ConfigValueError(f"config.data.conversations: {len(convs)} usable conversations, "
+                             f"not more than config.data.num_heldout={d.num_heldout}")
+    n = len(convs) - d.num_heldout
+    return {name: conversations.SplitSpec(part, *answers[name])
+            for name, part in (("train", convs[:n]), ("heldout", convs[n:]))}
+
+  # What a cached dataset is checked against without reading the file again.
+  source = {name: {"conversations": d.conversations, "exclude": d.get("exclude", ""),
+                   "num_samples": d.num_samples, "num_heldout": d.num_heldout, "answers": a,
+                   "mix_ratio": float(r), "seed": s} for name, (a, r, s) in answers.items()}
   records = conversations.prepare(target.cfg, target.params(), target.tokenizer, out, specs,
                                   seq_len=d.seq_len, max_new_tokens=d.max_new_tokens,
-                                  temperature=d.temperature, batch_size=d.gen_batch_size)
+                                  temperature=d.temperature, batch_size=d.gen_batch_size,
+                                  source=source)
   return records["train"], records["heldout"]
 
 
