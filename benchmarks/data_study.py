@@ -137,23 +137,22 @@ def score_fields(args, target, drafter, held, windows) -> dict:
 def bootstrap_agreement(rows, reps: int = 2000, seed: int = 0):
   """Adds to each row with per-prompt counts a 95% interval of its agreement and, where magpie
   ran the same steps, the paired difference to it (resampling the held-out prompts)."""
-  rng = np.random.default_rng(seed)
+  from ppow_jax.evaluation import statistics
   n = len(next((r["agreement_hits"] for r in rows if "agreement_hits" in r), []))
   if not n:
     return
-  idx = rng.integers(0, n, (reps, n))
+  idx = statistics.resampled_prompts(n, reps, seed)
   ratio = lambda r: (np.asarray(r["agreement_hits"])[idx].sum(1)
                      / np.asarray(r["agreement_positions"])[idx].sum(1))
   for r in rows:
     if "agreement_hits" not in r:
       continue
-    r["agreement_ci"] = np.percentile(ratio(r), [2.5, 97.5]).tolist()
+    r["agreement_ci"] = statistics.interval_95(ratio(r))
     ref = next((m for m in rows if m["source"] == "magpie" and m["steps"] == r["steps"]
                 and "agreement_hits" in m), None)
     if ref is not None and ref is not r:
-      d = ratio(r) - ratio(ref)
       r["vs_magpie"] = r["agreement"] - ref["agreement"]
-      r["vs_magpie_ci"] = np.percentile(d, [2.5, 97.5]).tolist()
+      r["vs_magpie_ci"] = statistics.interval_95(ratio(r) - ratio(ref))
 
 
 def main(argv=None):

@@ -191,7 +191,8 @@ def bootstrap(evals: dict, groups: dict[str, list[str]], setting: str, reps: int
               baseline: str = BASELINE):
   """tau per arm (mean over its seeds of total accepted / total steps) with a 95% interval, and
   each arm's difference to `baseline`; prompts resampled once per replicate for all arms
-  (paired), seeds resampled within each arm."""
+  (paired), seeds resampled within each arm. Two levels, so not statistics.resampled_prompts:
+  its own draws (RandomState, prompts then seeds) keep the published intervals reproducible."""
   rng = np.random.RandomState(seed)
   n = len(next(iter(evals.values()))[setting]["steps"])
   acc = {r: np.asarray(e[setting]["accepted"], np.float64) for r, e in evals.items()}

@@ -47,6 +47,18 @@ def _ratio(num, den):
   return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
 
 
+def resampled_prompts(n: int, resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED
+                      ) -> np.ndarray:
+  """[resamples, n] prompt indices drawn with replacement: the draws of every percentile
+  bootstrap over prompts here and in benchmarks/ (pairing = the same draws for both sides)."""
+  return np.random.default_rng(seed).integers(0, n, (resamples, n))
+
+
+def interval_95(draws) -> list[float]:
+  """The 95% percentile interval [low, high] of bootstrap draws."""
+  return [float(v) for v in np.percentile(draws, [2.5, 97.5])]
+
+
 def paired_bootstrap(drafter: dict, baseline: dict, resamples: int = RESAMPLES,
                      seed: int = BOOTSTRAP_SEED) -> dict:
   """The pooled tau and speedup over prompts with 95% percentile bootstrap intervals.
@@ -70,10 +82,9 @@ def paired_bootstrap(drafter: dict, baseline: dict, resamples: int = RESAMPLES,
     return tau, _ratio(tps, base_tps)
 
   tau, speedup = pooled(np.arange(n))
-  taus, speedups = pooled(np.random.default_rng(seed).integers(0, n, (resamples, n)))
-  interval = lambda x: [float(v) for v in np.percentile(x, [2.5, 97.5])]
-  return {"tau": float(tau), "tau_interval": interval(taus), "speedup": float(speedup),
-          "speedup_interval": interval(speedups), "num_prompts": n, "resamples": resamples,
+  taus, speedups = pooled(resampled_prompts(n, resamples, seed))
+  return {"tau": float(tau), "tau_interval": interval_95(taus), "speedup": float(speedup),
+          "speedup_interval": interval_95(speedups), "num_prompts": n, "resamples": resamples,
           "seed": seed}
 
 
