@@ -19,10 +19,19 @@ response tokens trained on, agreement, tau), results.md (the table, 95% bootstra
 over the held-out prompts, the paired difference to magpie at the same steps) and study.png
 (agreement against steps and against response tokens). Rows already in WORKDIR/results.json
 are kept; --rescore measures per-prompt agreement for finished rows that lack it.
+
+Another conversation count is another workdir (with the same held-out set), shown in one table:
+
+  python benchmarks/data_study.py --workdir runs/ds300 --sources given,regenerate,mix \
+      --steps 480 --num_conversations 300
+  python benchmarks/data_study.py --workdir runs/data_study --include runs/ds300 --specbench 1
+
+--specbench N adds greedy tau on the first N Spec-Bench prompts of each category to every row.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -37,6 +46,18 @@ from ppow_jax.data.selfdistill import token_counts
 from ppow_jax.models import registry
 
 SOURCES = ("magpie", "given", "regenerate", "mix")
+SPECBENCH_PROMPT_LEN = 512  # README command 1's evaluation: configs/targets/smollm2_135m.py
+
+
+def key(row) -> tuple:
+  """A row's identity: its source, steps and (ShareGPT sources) conversation count."""
+  return row["source"], row["steps"], row.get("conversations")
+
+
+def export_dir(args, row) -> str:
+  """Where a row's drafter is: --score rows and rows of an --include study name theirs."""
+  return row.get("export") or os.path.join(args.workdir, f"{row['source']}_{row['steps']}",
+                                            "export")
 
 
 def sft_config(source: str, args, workdir: str, steps: int):
@@ -134,6 +155,29 @@ def score_fields(args, target, drafter, held, windows) -> dict:
                                    max_new_tokens=args.max_new_tokens, batch_size=1)}
 
 
+def specbench_fields(args, target, drafter, windows) -> dict:
+  """Greedy tau at each window on the first --specbench prompts of every Spec-Bench category
+  (as README command 1's evaluation encodes them), pooled, with a 95% interval over prompts."""
+  from ppow_jax import assets
+  from ppow_jax.decoding import runner
+  from ppow_jax.evaluation import parsing, statistics
+  from ppow_jax.training.final_eval import Eagle3EngineDrafter
+  bench = parsing.load_benchmarks([assets.SPEC_BENCH], [], args.specbench)
+  ids = prompts.encode_prompts(target.tokenizer, bench, SPECBENCH_PROMPT_LEN)
+  dr, dp = Eagle3EngineDrafter(drafter.cfg), Eagle3EngineDrafter.bind(drafter, target.params())
+  out = {"specbench_prompts": len(ids)}
+  for k in windows:
+    res = runner.decode(target.cfg, target.params(), ids, runner.DecodeSettings(
+        window=k, max_new_tokens=args.max_new_tokens, batch_size=1), drafter=dr,
+        drafter_params=dp, desc=f"Spec-Bench tau K={k}")
+    f = statistics.prompt_figures(res)
+    out[f"specbench_tau_k{k}"] = sum(f["accept_length_sum"]) / sum(f["steps"])
+    acc, steps = np.asarray(f["accept_length_sum"]), np.asarray(f["steps"])
+    idx = statistics.resampled_prompts(len(ids))
+    out[f"specbench_tau_k{k}_ci"] = statistics.interval_95(acc[idx].sum(1) / steps[idx].sum(1))
+  return out
+
+
 def bootstrap_agreement(rows, reps: int = 2000, seed: int = 0):
   """Adds to each row with per-prompt counts a 95% interval of its agreement and, where magpie
   ran the same steps, the paired difference to it (resampling the held-out prompts)."""
@@ -173,6 +217,13 @@ def main(argv=None):
                   help="train nothing: add a row for a drafter trained elsewhere (an EAGLE-3 "
                   "export, e.g. README command 1's runs/default/sft/export), scored on the same "
                   "held-out set; repeatable")
+  ap.add_argument("--include", action="append", default=[], metavar="WORKDIR",
+                  help="train nothing: add the rows of another study's workdir (made with the "
+                  "same --num_heldout, e.g. another --num_conversations) to this one's table; "
+                  "repeatable")
+  ap.add_argument("--specbench", type=int, default=0, metavar="N",
+                  help="also greedy tau on the first N Spec-Bench prompts of each category, for "
+                  "every row that lacks it")
   args = ap.parse_args(argv)
   if args.smoke:
     args.num_heldout, args.num_tau, args.max_new_tokens, args.seq_len = 6, 2, 16, 96
@@ -187,59 +238,103 @@ def main(argv=None):
   results = os.path.join(args.workdir, common.RESULTS_JSON)
   rows = json.load(open(results))["rows"] if os.path.exists(results) else []
   scored = [parse_score(v) for v in args.score]  # checked before anything loads
-  target = None
-  if scored:
-    target = startup.load_target(sft_config("magpie", args, args.workdir, 1))
-    held, _ = heldout_set(args, target.tokenizer, target.cfg, target.params())
+  rows += included_rows(args, rows)
+  state = {}
+
+  def target_and_held(config):
+    if not state:
+      state["target"] = startup.load_target(config)
+      t = state["target"]
+      state["held"] = heldout_set(args, t.tokenizer, t.cfg, t.params())[0]
+    return state["target"], state["held"]
+
+  def save():
+    run_files.write_json(results, {"args": vars(args), "rows": rows})
+
+  if scored or args.rescore or args.include:
     for label, steps, export in scored:
+      target, held = target_and_held(sft_config("magpie", args, args.workdir, 1))
       rows = [r for r in rows if (r["source"], r["steps"]) != (label, steps)]
       rows.append({"source": label, "steps": steps, "export": os.path.abspath(export),
                    **score_fields(args, target, load_eagle3(export, target.cfg), held, windows)})
       print(f"{label}, {steps} steps: agreement {rows[-1]['agreement']:.4f}", flush=True)
-    run_files.write_json(results, {"args": vars(args), "rows": rows})
-    return write_report(args, rows, windows)
-  if args.rescore:
-    target = startup.load_target(sft_config("magpie", args, args.workdir, 1))
-    held, _ = heldout_set(args, target.tokenizer, target.cfg, target.params())
-    for r in rows:
+      save()
+    for r in rows if args.rescore else ():
       if "agreement_hits" not in r:
-        export = os.path.join(args.workdir, f"{r['source']}_{r['steps']}", "export")
-        r.update(agreement_fields(target, load_eagle3(export, target.cfg), held, args.seq_len))
+        target, held = target_and_held(sft_config("magpie", args, args.workdir, 1))
+        r.update(agreement_fields(target, load_eagle3(export_dir(args, r), target.cfg), held,
+                                  args.seq_len))
         print(f"{r['source']}, {r['steps']} steps: agreement {r['agreement']:.4f}", flush=True)
-    run_files.write_json(results, {"args": vars(args), "rows": rows})
-    return write_report(args, rows, windows)
-  for source in args.sources.split(","):
-    data_cpu = None
-    for steps in (int(s) for s in args.steps.split(",")):
-      if any(r["source"] == source and r["steps"] == steps for r in rows):
-        print(f"{source}, {steps} steps: measured before, kept")
-        continue
-      workdir = os.path.join(args.workdir, f"{source}_{steps}")
-      os.makedirs(workdir, exist_ok=True)
-      config = sft_config(source, args, workdir, steps)
-      if target is None:
-        target = startup.load_target(config)
-        held, held_texts = heldout_set(args, target.tokenizer, target.cfg, target.params())
-      if data_cpu is None:  # the data (and its feature cache) once per source
+        save()
+  else:
+    for source in args.sources.split(","):
+      data_cpu = None
+      for steps in (int(s) for s in args.steps.split(",")):
+        row_key = (source, steps, args.num_conversations if source != "magpie" else None)
+        if any(key(r) == row_key for r in rows):
+          print(f"{source}, {steps} steps: measured before, kept")
+          continue
+        if any(key(r)[:2] == row_key[:2] and "workdir" not in r for r in rows):
+          raise SystemExit(f"{args.workdir} has {source} at {steps} steps for another "
+                           "--num_conversations: give this one another --workdir (and --include "
+                           "it here to see both)")
+        workdir = os.path.join(args.workdir, f"{source}_{steps}")
+        os.makedirs(workdir, exist_ok=True)
+        config = sft_config(source, args, workdir, steps)
+        target, held = target_and_held(config)
+        if data_cpu is None:  # the data (and its feature cache) once per source
+          t = time.process_time()
+          train, _ = data_feed.prepare_data(config, target, workdir)
+          data_cpu = time.process_time() - t
+          unique_tokens = int(token_counts(train, target.cfg.vocab_size).sum())
+          # Made by an earlier run (cached now): its cost is the one that run measured.
+          data_cpu = next((r["data_cpu_min"] * 60 for r in rows if r["source"] == source),
+                          data_cpu)
         t = time.process_time()
-        train, _ = data_feed.prepare_data(config, target, workdir)
-        data_cpu = time.process_time() - t
-        unique_tokens = int(token_counts(train, target.cfg.vocab_size).sum())
-        # Made by an earlier run (cached now): its cost is the one that run measured.
-        data_cpu = next((r["data_cpu_min"] * 60 for r in rows if r["source"] == source), data_cpu)
-      t = time.process_time()
-      sft.run(config, workdir)
-      train_cpu = time.process_time() - t
-      drafter = load_eagle3(os.path.join(workdir, "export"), target.cfg)
-      rows.append({"source": source, "steps": steps,
-                   "conversations": args.num_conversations if source != "magpie" else None,
-                   "training_sequences": len(train), "data_cpu_min": data_cpu / 60,
-                   "train_cpu_min": train_cpu / 60, "unique_tokens": unique_tokens,
-                   **score_fields(args, target, drafter, held, windows)})
-      print(json.dumps({k: v for k, v in rows[-1].items() if "_hits" not in k
-                        and "_positions" not in k}), flush=True)
-      run_files.write_json(results, {"args": vars(args), "rows": rows})
+        sft.run(config, workdir)
+        train_cpu = time.process_time() - t
+        drafter = load_eagle3(os.path.join(workdir, "export"), target.cfg)
+        rows.append({"source": source, "steps": steps, "conversations": row_key[2],
+                     "export": os.path.abspath(os.path.join(workdir, "export")),
+                     "training_sequences": len(train), "data_cpu_min": data_cpu / 60,
+                     "train_cpu_min": train_cpu / 60, "unique_tokens": unique_tokens,
+                     **score_fields(args, target, drafter, held, windows)})
+        print(json.dumps({k: v for k, v in rows[-1].items() if "_hits" not in k
+                          and "_positions" not in k}), flush=True)
+        save()
+  for r in rows if args.specbench else ():
+    if not all(f"specbench_tau_k{k}" in r for k in windows):
+      target, _ = target_and_held(sft_config("magpie", args, args.workdir, 1))
+      r.update(specbench_fields(args, target, load_eagle3(export_dir(args, r), target.cfg),
+                                windows))
+      print(f"{r['source']}, {r['steps']} steps: Spec-Bench tau "
+            + ", ".join(f"K={k} {r[f'specbench_tau_k{k}']:.3f}" for k in windows), flush=True)
+      save()
+  save()
   write_report(args, rows, windows)
+
+
+def included_rows(args, rows) -> list[dict]:
+  """The rows of each --include workdir that this study lacks (by `key`), marked with where
+  they came from; their held-out set must be this one's (the same per-prompt positions)."""
+  out = []
+  for other in args.include:
+    path = os.path.join(other, common.RESULTS_JSON)
+    if not os.path.exists(path):
+      raise SystemExit(f"--include {other}: no {common.RESULTS_JSON} there")
+    for r in json.load(open(path))["rows"]:
+      same = next((m for m in rows + out if key(m) == key(r)), None)
+      if same is not None:
+        if same.get("agreement_positions") != r.get("agreement_positions"):
+          raise SystemExit(f"--include {other}: its {key(r)} row differs from this study's")
+        continue
+      mine = next((m for m in rows if "agreement_positions" in m), None)
+      if mine is not None and mine["agreement_positions"] != r.get("agreement_positions"):
+        raise SystemExit(f"--include {other}: scored on another held-out set than "
+                         f"{args.workdir} (give both the same --num_heldout)")
+      out.append({**r, "workdir": os.path.abspath(other),
+                  "export": export_dir(argparse.Namespace(workdir=other), r)})
+  return out
 
 
 def parse_score(value: str):
@@ -258,14 +353,18 @@ def write_report(args, rows, windows):
   bootstrap_agreement(rows)
   ci = lambda r, k: (f" [{r[k][0]:+.3f}, {r[k][1]:+.3f}]" if k.startswith("vs") else
                      f" [{r[k][0]:.3f}, {r[k][1]:.3f}]") if k in r else ""
+  bench = [k for k in windows if any(f"specbench_tau_k{k}" in r for r in rows)]
   table = common.markdown_table(
-      ["source", "steps", "CPU min (data + training)", "response tokens", "agreement [95%]",
-       "vs magpie, same steps [95%]", *(f"tau K={k}" for k in windows)],
-      [[r["source"], r["steps"],
+      ["source", "conversations", "steps", "CPU min (data + training)", "response tokens",
+       "agreement [95%]", "vs magpie, same steps [95%]", *(f"tau K={k}" for k in windows),
+       *(f"Spec-Bench tau K={k} [95%]" for k in bench)],
+      [[r["source"], r.get("conversations") or "", r["steps"],
         f"{r['data_cpu_min']:.1f} + {r['train_cpu_min']:.1f}" if "data_cpu_min" in r else "",
         r.get("unique_tokens", ""), f"{r['agreement']:.3f}" + ci(r, "agreement_ci"),
         (f"{r['vs_magpie']:+.3f}" + ci(r, "vs_magpie_ci")) if "vs_magpie" in r else "",
-        *(f"{r[f'tau_k{k}']:.2f}" for k in windows)]
+        *(f"{r[f'tau_k{k}']:.2f}" for k in windows),
+        *((f"{r[f'specbench_tau_k{k}']:.2f}" + ci(r, f"specbench_tau_k{k}_ci"))
+          if f"specbench_tau_k{k}" in r else "" for k in bench)]
        for r in rows])
   print(table)
   common.write_results(args.workdir, {"args": vars(args), "rows": rows},
@@ -274,25 +373,33 @@ def write_report(args, rows, windows):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  # Against steps and against response tokens: a row's training CPU holds the feature pass
-  # only for its source's first budget (later ones reuse the cache), so CPU minutes are read
-  # from the table, not plotted as one axis.
+  # Against steps (one line per source and conversation count) and against response tokens
+  # (one line per source at the longest budget: more data at the same steps). A row's training
+  # CPU holds the feature pass only for its source's first budget (later ones reuse the cache),
+  # so CPU minutes are read from the table, not plotted as one axis.
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+  err = lambda mine: np.array([[r["agreement"] - r["agreement_ci"][0],
+                                r["agreement_ci"][1] - r["agreement"]] if "agreement_ci" in r
+                               else [0, 0] for r in mine]).T
+  for label in dict.fromkeys((r["source"], r.get("conversations")) for r in rows):
+    mine = sorted((r for r in rows if (r["source"], r.get("conversations")) == label),
+                  key=lambda r: r["steps"])
+    name = label[0] + (f" ({label[1]} conv.)" if label[1] else "")
+    axes[0].errorbar([r["steps"] for r in mine], [r["agreement"] for r in mine], yerr=err(mine),
+                     marker="o", capsize=3, label=name)
+  last = max(r["steps"] for r in rows)
   for source in dict.fromkeys(r["source"] for r in rows):
-    for ax, x in zip(axes, ("steps", "unique_tokens")):
-      mine = [r for r in rows if r["source"] == source and x in r]  # --score rows: steps only
-      if not mine:
-        continue
-      ax.errorbar([r[x] for r in mine], [r["agreement"] for r in mine],
-                  yerr=np.array([[r["agreement"] - r["agreement_ci"][0],
-                                  r["agreement_ci"][1] - r["agreement"]] if "agreement_ci" in r
-                                 else [0, 0] for r in mine]).T,
-                  marker="o", capsize=3, label=source, linestyle="-" if x == "steps" else "none")
+    mine = sorted((r for r in rows if r["source"] == source and r["steps"] == last
+                   and "unique_tokens" in r), key=lambda r: r["unique_tokens"])
+    if mine:  # --score rows: steps only
+      axes[1].errorbar([r["unique_tokens"] for r in mine], [r["agreement"] for r in mine],
+                       yerr=err(mine), marker="o", capsize=3, label=source)
   axes[0].set_xlabel("training steps (8 x 320 tokens)")
-  axes[1].set_xlabel("response tokens in the training data")
+  axes[1].set_xlabel(f"response tokens in the training data ({last} steps)")
   axes[1].set_xscale("log")
   axes[0].set_ylabel("held-out agreement, 95% interval")
-  axes[0].legend()
+  axes[0].legend(fontsize=7)
+  axes[1].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(os.path.join(args.workdir, "study.png"), dpi=120)
 

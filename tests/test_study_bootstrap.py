@@ -1,6 +1,7 @@
 """The PPOW study's paired bootstrap (benchmarks/ppow_vs_sft.py) on hand-made per-prompt counts."""
 
 import argparse
+import os
 
 import numpy as np
 import pytest
@@ -78,3 +79,40 @@ def test_data_study_score_values_are_checked_before_anything_loads(tmp_path):
       data_study.parse_score(bad)
   with pytest.raises(SystemExit, match="is not a directory"):
     data_study.parse_score(f"c:1={tmp_path / 'missing'}")
+
+
+def _study_row(source, steps, conversations, hits, positions):
+  return {"source": source, "steps": steps, "conversations": conversations,
+          "agreement": sum(hits) / sum(positions), "agreement_hits": hits,
+          "agreement_positions": positions, "tau_k1": 1.3, "unique_tokens": 1000 * sum(hits)}
+
+
+def test_data_study_includes_another_workdir_on_the_same_heldout_set(tmp_path):
+  """--include adds another study's rows (a second conversation count) to this table, skips
+  rows both have, refuses a study scored on another held-out set, and the report shows the
+  conversation count and the paired difference to magpie for the included row."""
+  import argparse
+  import json
+  from benchmarks import data_study
+  pos = [10, 20, 30]
+  magpie = _study_row("magpie", 480, None, [3, 6, 9], pos)
+  mine = [magpie, _study_row("given", 480, 1000, [5, 10, 15], pos)]
+  other = tmp_path / "ds300"
+  other.mkdir()
+  (other / "results.json").write_text(json.dumps({"rows": [
+      magpie, _study_row("given", 480, 300, [4, 8, 12], pos)]}))
+  args = argparse.Namespace(workdir=str(tmp_path / "main"), include=[str(other)], windows="1")
+  got = data_study.included_rows(args, mine)
+  assert [data_study.key(r) for r in got] == [("given", 480, 300)]
+  assert got[0]["export"] == str(other / "given_480" / "export")
+  os.makedirs(args.workdir)
+  data_study.write_report(args, mine + got, (1,))
+  table = (tmp_path / "main" / "results.md").read_text()
+  assert "| given | 300 | 480 |" in table and "| given | 1000 | 480 |" in table
+  row300 = next(r for r in got if r["conversations"] == 300)
+  assert abs(row300["vs_magpie"] - (0.4 - 0.3)) < 1e-12  # 24/60 against 18/60
+  assert (tmp_path / "main" / "study.png").stat().st_size > 0
+  (other / "results.json").write_text(json.dumps({"rows": [
+      _study_row("given", 480, 300, [4, 8], [10, 20])]}))
+  with pytest.raises(SystemExit, match="another held-out set"):
+    data_study.included_rows(args, mine)
