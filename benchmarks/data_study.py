@@ -224,6 +224,8 @@ def main(argv=None):
   ap.add_argument("--specbench", type=int, default=0, metavar="N",
                   help="also greedy tau on the first N Spec-Bench prompts of each category, for "
                   "every row that lacks it")
+  ap.add_argument("--specbench_rows", default="", metavar="SOURCE:STEPS[:CONVERSATIONS],...",
+                  help="--specbench for these rows only (e.g. magpie:480,given:480:300)")
   args = ap.parse_args(argv)
   if args.smoke:
     args.num_heldout, args.num_tau, args.max_new_tokens, args.seq_len = 6, 2, 16, 96
@@ -302,8 +304,9 @@ def main(argv=None):
         print(json.dumps({k: v for k, v in rows[-1].items() if "_hits" not in k
                           and "_positions" not in k}), flush=True)
         save()
+  picked = [k for k in args.specbench_rows.split(",") if k]
   for r in rows if args.specbench else ():
-    if not all(f"specbench_tau_k{k}" in r for k in windows):
+    if matches(r, picked) and not all(f"specbench_tau_k{k}" in r for k in windows):
       target, _ = target_and_held(sft_config("magpie", args, args.workdir, 1))
       r.update(specbench_fields(args, target, load_eagle3(export_dir(args, r), target.cfg),
                                 windows))
@@ -312,6 +315,12 @@ def main(argv=None):
       save()
   save()
   write_report(args, rows, windows)
+
+
+def matches(row, keys: list[str]) -> bool:
+  """Whether `row` is one of `keys` (SOURCE:STEPS[:CONVERSATIONS]); every row when none."""
+  fields = [row["source"], str(row["steps"]), str(row.get("conversations"))]
+  return not keys or any(k.split(":") == fields[:len(k.split(":"))] for k in keys)
 
 
 def included_rows(args, rows) -> list[dict]:

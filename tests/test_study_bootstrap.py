@@ -116,3 +116,12 @@ def test_data_study_includes_another_workdir_on_the_same_heldout_set(tmp_path):
       _study_row("given", 480, 300, [4, 8], [10, 20])]}))
   with pytest.raises(SystemExit, match="another held-out set"):
     data_study.included_rows(args, mine)
+
+
+def test_data_study_row_keys():
+  from benchmarks import data_study
+  given = _study_row("given", 480, 300, [1], [2])
+  assert data_study.matches(given, [])
+  assert data_study.matches(given, ["magpie:480", "given:480"])
+  assert data_study.matches(given, ["given:480:300"])
+  assert not data_study.matches(given, ["given:480:1000", "given:120", "magpie:480"])
