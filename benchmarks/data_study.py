@@ -179,8 +179,9 @@ def specbench_fields(args, target, drafter, windows) -> dict:
 
 
 def bootstrap_agreement(rows, reps: int = 2000, seed: int = 0):
-  """Adds to each row with per-prompt counts a 95% interval of its agreement and, where magpie
-  ran the same steps, the paired difference to it (resampling the held-out prompts)."""
+  """Adds to each row with per-prompt counts a 95% interval of its agreement and the paired
+  differences to magpie (same steps) and, for the target's answers, to given (same steps and
+  conversations), resampling the held-out prompts."""
   from ppow_jax.evaluation import statistics
   n = len(next((r["agreement_hits"] for r in rows if "agreement_hits" in r), []))
   if not n:
@@ -192,11 +193,14 @@ def bootstrap_agreement(rows, reps: int = 2000, seed: int = 0):
     if "agreement_hits" not in r:
       continue
     r["agreement_ci"] = statistics.interval_95(ratio(r))
-    ref = next((m for m in rows if m["source"] == "magpie" and m["steps"] == r["steps"]
-                and "agreement_hits" in m), None)
-    if ref is not None and ref is not r:
-      r["vs_magpie"] = r["agreement"] - ref["agreement"]
-      r["vs_magpie_ci"] = statistics.interval_95(ratio(r) - ratio(ref))
+    # Paired differences: to magpie at the same steps; the target's answers (regenerate, mix)
+    # also to the same conversations as given.
+    for name, same in (("magpie", ("steps",)), ("given", ("steps", "conversations"))):
+      ref = next((m for m in rows if m["source"] == name and "agreement_hits" in m
+                  and all(m.get(f) == r.get(f) for f in same)), None)
+      if ref is not None and ref is not r and (name == "magpie" or r["source"] in SOURCES[2:]):
+        r[f"vs_{name}"] = r["agreement"] - ref["agreement"]
+        r[f"vs_{name}_ci"] = statistics.interval_95(ratio(r) - ratio(ref))
 
 
 def main(argv=None):
@@ -365,12 +369,14 @@ def write_report(args, rows, windows):
   bench = [k for k in windows if any(f"specbench_tau_k{k}" in r for r in rows)]
   table = common.markdown_table(
       ["source", "conversations", "steps", "CPU min (data + training)", "response tokens",
-       "agreement [95%]", "vs magpie, same steps [95%]", *(f"tau K={k}" for k in windows),
+       "agreement [95%]", "vs magpie, same steps [95%]",
+       "vs given, same conversations and steps [95%]", *(f"tau K={k}" for k in windows),
        *(f"Spec-Bench tau K={k} [95%]" for k in bench)],
       [[r["source"], r.get("conversations") or "", r["steps"],
         f"{r['data_cpu_min']:.1f} + {r['train_cpu_min']:.1f}" if "data_cpu_min" in r else "",
         r.get("unique_tokens", ""), f"{r['agreement']:.3f}" + ci(r, "agreement_ci"),
-        (f"{r['vs_magpie']:+.3f}" + ci(r, "vs_magpie_ci")) if "vs_magpie" in r else "",
+        *((f"{r[f'vs_{m}']:+.3f}" + ci(r, f"vs_{m}_ci")) if f"vs_{m}" in r else ""
+          for m in ("magpie", "given")),
         *(f"{r[f'tau_k{k}']:.2f}" for k in windows),
         *((f"{r[f'specbench_tau_k{k}']:.2f}" + ci(r, f"specbench_tau_k{k}_ci"))
           if f"specbench_tau_k{k}" in r else "" for k in bench)]
@@ -383,7 +389,7 @@ def write_report(args, rows, windows):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   # Against steps (one line per source and conversation count) and against response tokens
-  # (one line per source at the longest budget: more data at the same steps). A row's training
+  # (one line per source at the budget most rows share: more data at the same steps). A row's training
   # CPU holds the feature pass only for its source's first budget (later ones reuse the cache),
   # so CPU minutes are read from the table, not plotted as one axis.
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
@@ -396,7 +402,8 @@ def write_report(args, rows, windows):
     name = label[0] + (f" ({label[1]} conv.)" if label[1] else "")
     axes[0].errorbar([r["steps"] for r in mine], [r["agreement"] for r in mine], yerr=err(mine),
                      marker="o", capsize=3, label=name)
-  last = max(r["steps"] for r in rows)
+  budgets = [r["steps"] for r in rows if "unique_tokens" in r]
+  last = max(set(budgets), key=lambda b: (budgets.count(b), b)) if budgets else 0
   for source in dict.fromkeys(r["source"] for r in rows):
     mine = sorted((r for r in rows if r["source"] == source and r["steps"] == last
                    and "unique_tokens" in r), key=lambda r: r["unique_tokens"])

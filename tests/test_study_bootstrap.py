@@ -100,10 +100,11 @@ def test_data_study_includes_another_workdir_on_the_same_heldout_set(tmp_path):
   other = tmp_path / "ds300"
   other.mkdir()
   (other / "results.json").write_text(json.dumps({"rows": [
-      magpie, _study_row("given", 480, 300, [4, 8, 12], pos)]}))
+      magpie, _study_row("given", 480, 300, [4, 8, 12], pos),
+      _study_row("regenerate", 480, 300, [5, 9, 12], pos)]}))
   args = argparse.Namespace(workdir=str(tmp_path / "main"), include=[str(other)], windows="1")
   got = data_study.included_rows(args, mine)
-  assert [data_study.key(r) for r in got] == [("given", 480, 300)]
+  assert [data_study.key(r) for r in got] == [("given", 480, 300), ("regenerate", 480, 300)]
   assert got[0]["export"] == str(other / "given_480" / "export")
   os.makedirs(args.workdir)
   data_study.write_report(args, mine + got, (1,))
@@ -111,6 +112,9 @@ def test_data_study_includes_another_workdir_on_the_same_heldout_set(tmp_path):
   assert "| given | 300 | 480 |" in table and "| given | 1000 | 480 |" in table
   row300 = next(r for r in got if r["conversations"] == 300)
   assert abs(row300["vs_magpie"] - (0.4 - 0.3)) < 1e-12  # 24/60 against 18/60
+  assert "vs_given" not in row300 and "vs_given" not in mine[1]
+  regen = got[1]  # against given on the same 300 conversations, not the 1,000
+  assert abs(regen["vs_given"] - (26 - 24) / 60) < 1e-12 and len(regen["vs_given_ci"]) == 2
   assert (tmp_path / "main" / "study.png").stat().st_size > 0
   (other / "results.json").write_text(json.dumps({"rows": [
       _study_row("given", 480, 300, [4, 8], [10, 20])]}))
