@@ -175,6 +175,9 @@ def specbench_fields(args, target, drafter, windows) -> dict:
     acc, steps = np.asarray(f["accept_length_sum"]), np.asarray(f["steps"])
     idx = statistics.resampled_prompts(len(ids))
     out[f"specbench_tau_k{k}_ci"] = statistics.interval_95(acc[idx].sum(1) / steps[idx].sum(1))
+    # Per prompt, so two drafters can be compared paired (same prompts) later.
+    out[f"specbench_k{k}_accept_length_sum"], out[f"specbench_k{k}_steps"] = (
+        f["accept_length_sum"], f["steps"])
   return out
 
 
