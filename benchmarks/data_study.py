@@ -320,7 +320,6 @@ def main(argv=None):
       print(f"{r['source']}, {r['steps']} steps: Spec-Bench tau "
             + ", ".join(f"K={k} {r[f'specbench_tau_k{k}']:.3f}" for k in windows), flush=True)
       save()
-  save()
   write_report(args, rows, windows)
 
 

@@ -129,3 +129,19 @@ def test_data_study_row_keys():
   assert data_study.matches(given, ["magpie:480", "given:480"])
   assert data_study.matches(given, ["given:480:300"])
   assert not data_study.matches(given, ["given:480:1000", "given:120", "magpie:480"])
+
+
+def test_data_study_refuses_another_conversation_count_in_one_workdir(tmp_path):
+  """A workdir that holds given at 480 steps for 1,000 conversations refuses 300 at 480 steps
+  (its data and runs would be mixed up) before anything loads, naming the remedy; a missing
+  --include workdir is named too. The earlier rows stay as they were."""
+  import json
+  from benchmarks import data_study
+  rows = {"rows": [_study_row("given", 480, 1000, [1], [2])]}
+  (tmp_path / "results.json").write_text(json.dumps(rows))
+  with pytest.raises(SystemExit, match="another --num_conversations: give this one another"):
+    data_study.main(["--workdir", str(tmp_path), "--sources", "given", "--steps", "480",
+                     "--num_conversations", "300"])
+  with pytest.raises(SystemExit, match="--include .*nowhere: no results.json"):
+    data_study.main(["--workdir", str(tmp_path), "--include", str(tmp_path / "nowhere")])
+  assert json.loads((tmp_path / "results.json").read_text()) == rows
